@@ -1,0 +1,77 @@
+/* Configuration: one YAML file (libyaml), options declared in one table
+ * (name, type, default, bounds, reloadable, doc) from which parsing,
+ * validation, `--check`, the sample written by `parleyctl init` and
+ * docs/CONFIG.md all come. Relative paths are resolved against the
+ * directory of the config file. */
+#ifndef PARLEY_CONFIG_H
+#define PARLEY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "core/log.h"
+
+struct host_conf {
+	char *domain;      /* normalized (IDNA2008, lowercase) */
+	char *cert_file;   /* absolute path */
+	char *key_file;    /* absolute path */
+};
+
+enum conflict_policy { CONFLICT_KICK_OLD, CONFLICT_REFUSE_NEW };
+
+struct limits_conf {
+	size_t stanza_bytes;          /* after authentication */
+	size_t stanza_bytes_preauth;  /* before authentication */
+	unsigned xml_depth;
+	unsigned xml_attrs;
+	size_t xml_attr_len;
+	size_t xml_text_len;
+	unsigned xml_children;
+	unsigned handshake_timeout;   /* seconds: TCP accept to authenticated */
+	unsigned idle_timeout;        /* seconds without any byte from the peer */
+	size_t out_queue_bytes;       /* queued output per session before it is closed */
+	unsigned auth_failures_per_ip;  /* per minute, then wait */
+};
+
+struct config {
+	char *path;            /* absolute path of the file */
+	char *dir;             /* its directory */
+	char *data_dir;        /* absolute */
+	char *store_path;      /* absolute: the SQLite database */
+	enum log_level log_level;
+	unsigned workers;      /* 0: one per core */
+	char **interfaces;     /* addresses to listen on; "*" means all (IPv4 and IPv6) */
+	size_t n_interfaces;
+	unsigned c2s_port;     /* 0 disables */
+	unsigned c2s_tls_port; /* direct TLS, XEP-0368; 0 disables */
+	unsigned s2s_port;
+	unsigned http_port;
+	bool c2s_require_encryption;
+	bool sasl_plain;       /* offer PLAIN (only ever on encrypted streams) */
+	unsigned scram_iterations;
+	enum conflict_policy resource_conflict;
+	struct limits_conf limits;
+	struct host_conf *hosts;
+	size_t n_hosts;
+};
+
+/* Loads and validates. On error returns -1 and writes one line
+ * "FILE:LINE: KEY: problem" into err. */
+int config_load(const char *path, struct config *out, char *err, size_t errlen);
+void config_free(struct config *c);
+const struct host_conf *config_host(const struct config *c, const char *domain);
+
+/* docs/CONFIG.md, generated from the option table. */
+void config_write_doc(FILE *f);
+
+struct init_opts {
+	const char *domain;
+	const char *cert_file, *key_file;   /* as written into the file (may be relative) */
+	unsigned c2s_port, c2s_tls_port, s2s_port, http_port;
+	const char *interface;              /* NULL: "*" */
+};
+/* A complete, commented config that works as is (parleyctl init). */
+void config_write_sample(FILE *f, const struct init_opts *o);
+
+#endif
