@@ -56,11 +56,18 @@ struct config {
 	size_t n_hosts;
 };
 
-/* Loads and validates. On error returns -1 and writes one line
- * "FILE:LINE: KEY: problem" into err. */
+/* Loads and validates. On error returns -1, leaves *out zeroed and writes
+ * one line "FILE:LINE: KEY: problem" into err (FILE as given in path;
+ * "FILE: cannot open: reason" when it cannot be read). */
 int config_load(const char *path, struct config *out, char *err, size_t errlen);
-void config_free(struct config *c);
+void config_free(struct config *c);   /* NULL or a zeroed config: no-op */
+/* domain: normalized, as in host_conf. NULL if not served. */
 const struct host_conf *config_host(const struct config *c, const char *domain);
+/* For a reload: 0 if every option that differs between old and new is
+ * reloadable (hosts may change certificate and key, not come or go);
+ * otherwise -1 and "FILE: KEY: changed, which needs a restart" in err. */
+int config_check_reload(const struct config *old, const struct config *new, char *err,
+			size_t errlen);
 
 /* docs/CONFIG.md, generated from the option table. */
 void config_write_doc(FILE *f);
@@ -68,10 +75,11 @@ void config_write_doc(FILE *f);
 struct init_opts {
 	const char *domain;
 	const char *cert_file, *key_file;   /* as written into the file (may be relative) */
-	unsigned c2s_port, c2s_tls_port, s2s_port, http_port;
+	unsigned c2s_port, c2s_tls_port, s2s_port, http_port;   /* 0: the default */
 	const char *interface;              /* NULL: "*" */
 };
-/* A complete, commented config that works as is (parleyctl init). */
+/* A complete, commented config that works as is (parleyctl init): every
+ * option appears, those at their default commented out as "#key: value". */
 void config_write_sample(FILE *f, const struct init_opts *o);
 
 #endif

@@ -1,2 +1,763 @@
-/* placeholder: being written */
-typedef int parley_placeholder_xmlstream;
+/* The XML stream front end shared by every transport: expat in namespace
+ * mode on a counting allocator, restricted XML (RFC 6120 §11.1), byte and
+ * structure limits enforced while bytes arrive, and one arena per
+ * top-level element. */
+#include "xml/xmlstream.h"
+
+#include "core/arena.h"
+#include "core/buf.h"
+#include "core/log.h"
+#include "xml/xml.h"
+
+#include <expat.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define NS_STREAMS "http://etherx.jabber.org/streams"
+
+/* Expat joins namespace and local name with this character. U+0001 is not
+ * a Char in XML 1.0 (§2.2), not even as a character reference, so it can
+ * appear in neither a name nor a namespace URI and the split is never
+ * ambiguous. */
+#define NS_SEP '\x01'
+
+/* Defaults for limits given as 0 (or no limits at all). */
+#define DEF_STANZA_BYTES (256u * 1024)
+#define DEF_DEPTH	 64
+#define DEF_ATTRS	 64
+#define DEF_ATTR_LEN	 (8u * 1024)
+#define DEF_CHILDREN	 10000
+#define DEF_HEADER_BYTES (4u * 1024)
+
+/* Expat's own structures (parser, hash tables, pools, its 1 KiB context
+ * buffer) on top of what the input needs. */
+#define MEM_SLACK (64u * 1024)
+
+/* XML_Parse takes an int length. */
+#define MAX_PIECE (1u << 30)
+
+enum xs_root { ROOT_NONE, ROOT_OPEN, ROOT_CLOSED };
+
+/* One open element inside the current top-level element. */
+struct xs_frame {
+	struct xml_el *el;
+	size_t text_len;   /* text bytes seen in this element so far */
+	unsigned children; /* child nodes so far, text runs included */
+};
+
+/* Precedes every block handed to expat, so free and realloc know its size
+ * and whose budget it counts against. */
+union mem_hdr {
+	struct {
+		struct xmlstream *owner;
+		size_t size;
+	} h;
+	max_align_t align;
+};
+
+struct xmlstream {
+	XML_Parser p;
+	const struct xs_callbacks *cb; /* borrowed */
+	void *ud;
+	struct xs_limits lim;
+
+	size_t mem_used, mem_peak, mem_cap; /* counting allocator */
+
+	enum xs_error err;
+	const char *err_text; /* static string */
+
+	/* Positions are byte indexes since the last reset, as expat counts
+	 * them (XML_GetCurrentByteIndex). */
+	size_t fed;	       /* bytes handed to expat */
+	size_t feed_base;      /* index of the first byte of the current feed call */
+	size_t mark;	       /* end of the last event outside a top-level element */
+	size_t stanza_start;   /* '<' of the open top-level element */
+	unsigned char lead[2]; /* first bytes of the stream, for check_lead() */
+
+	enum xs_root root;
+	unsigned level;		/* open elements, root included */
+	unsigned ns_decls;	/* namespace declarations on the element being opened */
+	const char *default_ns; /* root's default namespace, in hdr_arena */
+	struct arena *hdr_arena;
+
+	/* The top-level element being built. */
+	struct arena *arena; /* owned until handed to cb->element */
+	struct xs_frame *frames;
+	unsigned nframes, frames_cap;
+	struct buf text; /* text not yet added to the tree: expat splits it */
+
+	bool in_cb;	 /* inside a user callback */
+	bool pause_req;	 /* xmlstream_pause() called from a callback */
+	bool suspended;	 /* expat is suspended after a pause */
+	size_t consumed; /* bytes of the current feed call through the paused event */
+	size_t retained; /* bytes handed to expat after the pause point */
+};
+
+/* Expat's memory suite gets no user pointer. A parser is used by one
+ * thread at a time, so the stream about to call into expat is named in a
+ * thread-local for malloc; free and realloc find it in the block header. */
+static _Thread_local struct xmlstream *mem_owner;
+
+static bool mem_charge(struct xmlstream *xs, size_t old, size_t n)
+{
+	if (n > old) {
+		size_t more = n - old;
+		if (more > xs->mem_cap || xs->mem_used > xs->mem_cap - more)
+			return false;
+	}
+	xs->mem_used = xs->mem_used - old + n;
+	if (xs->mem_used > xs->mem_peak)
+		xs->mem_peak = xs->mem_used;
+	return true;
+}
+
+static void *xs_malloc(size_t n)
+{
+	struct xmlstream *xs = mem_owner;
+	ASSERT(xs);
+	if (n > SIZE_MAX - sizeof(union mem_hdr) || !mem_charge(xs, 0, n + sizeof(union mem_hdr)))
+		return NULL;
+	union mem_hdr *h = malloc(sizeof(*h) + n);
+	if (!h) {
+		xs->mem_used -= n + sizeof(*h);
+		return NULL;
+	}
+	h->h.owner = xs;
+	h->h.size = n;
+	return h + 1;
+}
+
+static void xs_free(void *p)
+{
+	if (!p)
+		return;
+	union mem_hdr *h = (union mem_hdr *)p - 1;
+	h->h.owner->mem_used -= h->h.size + sizeof(*h);
+	free(h);
+}
+
+static void *xs_realloc(void *p, size_t n)
+{
+	if (!p)
+		return xs_malloc(n);
+	union mem_hdr *h = (union mem_hdr *)p - 1;
+	struct xmlstream *xs = h->h.owner;
+	size_t old = h->h.size;
+	if (n > SIZE_MAX - sizeof(*h) || !mem_charge(xs, old, n))
+		return NULL;
+	union mem_hdr *nh = realloc(h, sizeof(*nh) + n);
+	if (!nh) {
+		xs->mem_used = xs->mem_used - n + old;
+		return NULL;
+	}
+	nh->h.size = n;
+	return nh + 1;
+}
+
+static const XML_Memory_Handling_Suite mem_suite = {xs_malloc, xs_realloc, xs_free};
+
+static void fail(struct xmlstream *xs, enum xs_error err, const char *text)
+{
+	if (xs->err)
+		return;
+	xs->err = err;
+	xs->err_text = text;
+	/* Handlers run for the rest of the current token; they check xs->err. */
+	XML_StopParser(xs->p, XML_FALSE);
+}
+
+static size_t ev_end(struct xmlstream *xs)
+{
+	return (size_t)XML_GetCurrentByteIndex(xs->p) + (size_t)XML_GetCurrentByteCount(xs->p);
+}
+
+/* After a user callback: honour xmlstream_pause(). The pause point is the
+ * end of the event that triggered the callback. */
+static void after_cb(struct xmlstream *xs)
+{
+	if (!xs->pause_req || xs->err)
+		return;
+	xs->pause_req = false;
+	xs->consumed = ev_end(xs) - xs->feed_base;
+	XML_StopParser(xs->p, XML_TRUE);
+}
+
+/* Splits expat's "ns<SEP>local" (or "local" when in no namespace). */
+static const char *split_name(const char *qname, const char **ns, size_t *ns_len)
+{
+	const char *sep = strchr(qname, NS_SEP);
+	if (!sep) {
+		*ns = "";
+		*ns_len = 0;
+		return qname;
+	}
+	*ns = qname;
+	*ns_len = (size_t)(sep - qname);
+	return sep + 1;
+}
+
+static bool is_xml_space(const char *s, int len)
+{
+	for (int i = 0; i < len; i++)
+		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+			return false;
+	return true;
+}
+
+/* Counts a new child node of the innermost open element. */
+static bool add_child_count(struct xmlstream *xs)
+{
+	if (xs->nframes == 0)
+		return true;
+	struct xs_frame *f = &xs->frames[xs->nframes - 1];
+	if (++f->children > xs->lim.max_children) {
+		fail(xs, XS_ERR_POLICY, "max_children");
+		return false;
+	}
+	return true;
+}
+
+/* Adds buffered text as one node: expat delivers text in pieces, and the
+ * tree keeps one node per run so it does not depend on read boundaries. */
+static bool flush_text(struct xmlstream *xs)
+{
+	if (buf_pending(&xs->text) == 0 || xs->nframes == 0)
+		return true;
+	if (!add_child_count(xs))
+		return false;
+	xml_add_text(xs->arena, xs->frames[xs->nframes - 1].el, buf_head(&xs->text),
+		     buf_pending(&xs->text));
+	buf_reset(&xs->text);
+	return true;
+}
+
+static struct xml_el *make_el(struct xmlstream *xs, struct arena *a, const char *qname,
+			      const struct xml_el *parent)
+{
+	const char *ns;
+	size_t ns_len;
+	const char *local = split_name(qname, &ns, &ns_len);
+	struct xml_el *e = arena_zalloc(a, sizeof(*e));
+	e->name = arena_strdup(a, local);
+	/* Children nearly always share their parent's namespace: share the
+	 * string too. */
+	if (parent && strlen(parent->ns) == ns_len && memcmp(parent->ns, ns, ns_len) == 0)
+		e->ns = parent->ns;
+	else
+		e->ns = arena_strndup(a, ns, ns_len);
+	return e;
+}
+
+static void add_attrs(struct arena *a, struct xml_el *e, const XML_Char **atts)
+{
+	struct xml_attr **tail = &e->attrs;
+	for (size_t i = 0; atts[i]; i += 2) {
+		const char *ns;
+		size_t ns_len;
+		const char *local = split_name(atts[i], &ns, &ns_len);
+		struct xml_attr *at = arena_alloc(a, sizeof(*at));
+		at->next = NULL;
+		at->ns = ns_len ? arena_strndup(a, ns, ns_len) : "";
+		at->name = arena_strdup(a, local);
+		at->value = arena_strdup(a, atts[i + 1]);
+		*tail = at;
+		tail = &at->next;
+	}
+}
+
+static void open_root(struct xmlstream *xs, const XML_Char *qname, const XML_Char **atts)
+{
+	const char *ns;
+	size_t ns_len;
+	const char *local = split_name(qname, &ns, &ns_len);
+	if (ns_len != strlen(NS_STREAMS) || memcmp(ns, NS_STREAMS, ns_len) != 0 ||
+	    strcmp(local, "stream") != 0) {
+		fail(xs, XS_ERR_INVALID_NS, "root element is not {" NS_STREAMS "}stream");
+		return;
+	}
+	xs->root = ROOT_OPEN;
+	xs->level = 1;
+	xs->mark = ev_end(xs);
+	if (!xs->hdr_arena)
+		xs->hdr_arena = arena_new(0);
+	struct xml_el *hdr = make_el(xs, xs->hdr_arena, qname, NULL);
+	add_attrs(xs->hdr_arena, hdr, atts);
+	const char *dns = xs->default_ns ? xs->default_ns : "";
+	if (xs->cb->open) {
+		xs->in_cb = true;
+		xs->cb->open(xs->ud, hdr, dns);
+		xs->in_cb = false;
+	}
+	/* hdr lives only for the call. */
+	arena_free(xs->hdr_arena);
+	xs->hdr_arena = NULL;
+	xs->default_ns = NULL;
+	after_cb(xs);
+}
+
+static void XMLCALL on_start(void *ud, const XML_Char *qname, const XML_Char **atts)
+{
+	struct xmlstream *xs = ud;
+	if (xs->err)
+		return;
+	unsigned ns_decls = xs->ns_decls;
+	xs->ns_decls = 0;
+	if (xs->root == ROOT_NONE) {
+		open_root(xs, qname, atts);
+		return;
+	}
+	/* The stanza itself is depth 1 (xs_limits.max_depth). */
+	unsigned depth = xs->level;
+	if (depth > xs->lim.max_depth) {
+		fail(xs, XS_ERR_POLICY, "max_depth");
+		return;
+	}
+	/* Namespace declarations count as attributes: each costs expat memory
+	 * like one. */
+	size_t nattrs = ns_decls;
+	for (size_t i = 0; atts[i]; i += 2) {
+		nattrs++;
+		if (strlen(atts[i + 1]) > xs->lim.max_attr_len) {
+			fail(xs, XS_ERR_POLICY, "max_attr_len");
+			return;
+		}
+	}
+	if (nattrs > xs->lim.max_attrs) {
+		fail(xs, XS_ERR_POLICY, "max_attrs");
+		return;
+	}
+	struct xml_el *parent = NULL;
+	if (depth == 1) {
+		xs->stanza_start = (size_t)XML_GetCurrentByteIndex(xs->p);
+		xs->arena = arena_new(2048);
+	} else {
+		if (!flush_text(xs) || !add_child_count(xs))
+			return;
+		parent = xs->frames[xs->nframes - 1].el;
+	}
+	struct xml_el *e = make_el(xs, xs->arena, qname, parent);
+	add_attrs(xs->arena, e, atts);
+	if (parent)
+		xml_append(parent, e);
+	if (xs->nframes == xs->frames_cap) {
+		unsigned cap = xs->frames_cap ? xs->frames_cap * 2 : 16;
+		struct xs_frame *f = realloc(xs->frames, cap * sizeof(*f));
+		if (!f)
+			die_oom();
+		xs->frames = f;
+		xs->frames_cap = cap;
+	}
+	xs->frames[xs->nframes++] = (struct xs_frame){.el = e};
+	xs->level++;
+}
+
+static void XMLCALL on_end(void *ud, const XML_Char *qname)
+{
+	struct xmlstream *xs = ud;
+	if (xs->err)
+		return;
+	if (xs->level == 1) {
+		/* </stream:stream> */
+		xs->level = 0;
+		xs->root = ROOT_CLOSED;
+		xs->mark = ev_end(xs);
+		if (xs->cb->close) {
+			xs->in_cb = true;
+			xs->cb->close(xs->ud);
+			xs->in_cb = false;
+		}
+		after_cb(xs);
+		return;
+	}
+	if (!flush_text(xs))
+		return;
+	xs->nframes--;
+	xs->level--;
+	if (xs->level > 1)
+		return;
+	struct xml_el *el = xs->frames[0].el;
+	struct arena *a = xs->arena;
+	xs->arena = NULL;
+	xs->mark = ev_end(xs);
+	/* A big text run leaves a big buffer behind; idle streams should be
+	 * cheap. */
+	if (xs->text.cap > 64 * 1024)
+		buf_free(&xs->text);
+	if (xs->cb->element) {
+		xs->in_cb = true;
+		xs->cb->element(xs->ud, el, a);
+		xs->in_cb = false;
+	} else {
+		arena_free(a);
+	}
+	after_cb(xs);
+}
+
+static void XMLCALL on_text(void *ud, const XML_Char *s, int len)
+{
+	struct xmlstream *xs = ud;
+	if (xs->err)
+		return;
+	if (xs->level == 1) {
+		/* Between top-level elements only whitespace may appear: it is
+		 * the keepalive of RFC 6120 §4.6.1. */
+		if (!is_xml_space(s, len)) {
+			fail(xs, XS_ERR_BAD_FORMAT, "text between top-level elements");
+			return;
+		}
+		xs->mark = ev_end(xs);
+		return;
+	}
+	if (xs->nframes == 0)
+		return;
+	struct xs_frame *f = &xs->frames[xs->nframes - 1];
+	f->text_len += (size_t)len;
+	if (f->text_len > xs->lim.max_text_len) {
+		fail(xs, XS_ERR_POLICY, "max_text_len");
+		return;
+	}
+	buf_add(&xs->text, s, (size_t)len);
+}
+
+static void XMLCALL on_ns_decl(void *ud, const XML_Char *prefix, const XML_Char *uri)
+{
+	struct xmlstream *xs = ud;
+	if (xs->err)
+		return;
+	xs->ns_decls++;
+	if (xs->root == ROOT_NONE && !prefix) {
+		if (!xs->hdr_arena)
+			xs->hdr_arena = arena_new(0);
+		xs->default_ns = arena_strdup(xs->hdr_arena, uri ? uri : "");
+	}
+}
+
+/* RFC 6120 §11.1: restricted XML. */
+static void XMLCALL on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
+			       const XML_Char *pubid, int has_internal_subset)
+{
+	fail(ud, XS_ERR_RESTRICTED_XML, "DOCTYPE");
+}
+
+static void XMLCALL on_comment(void *ud, const XML_Char *data)
+{
+	fail(ud, XS_ERR_RESTRICTED_XML, "comment");
+}
+
+static void XMLCALL on_pi(void *ud, const XML_Char *target, const XML_Char *data)
+{
+	fail(ud, XS_ERR_RESTRICTED_XML, "processing instruction");
+}
+
+static void XMLCALL on_entity_decl(void *ud, const XML_Char *name, int is_pe, const XML_Char *value,
+				   int value_len, const XML_Char *base, const XML_Char *sysid,
+				   const XML_Char *pubid, const XML_Char *notation)
+{
+	fail(ud, XS_ERR_RESTRICTED_XML, "entity declaration");
+}
+
+static void XMLCALL on_skipped_entity(void *ud, const XML_Char *name, int is_pe)
+{
+	fail(ud, XS_ERR_RESTRICTED_XML, "entity reference");
+}
+
+/* The declaration may name an encoding; the parser was created for UTF-8
+ * and would ignore it, so refuse anything else here. RFC 6120 §11.6. */
+static void XMLCALL on_xml_decl(void *ud, const XML_Char *version, const XML_Char *encoding,
+				int standalone)
+{
+	if (encoding && strcasecmp(encoding, "UTF-8") != 0)
+		fail(ud, XS_ERR_ENCODING, "encoding other than UTF-8");
+}
+
+static void install(struct xmlstream *xs)
+{
+	XML_Parser p = xs->p;
+	XML_SetUserData(p, xs);
+	XML_SetElementHandler(p, on_start, on_end);
+	XML_SetCharacterDataHandler(p, on_text);
+	XML_SetStartNamespaceDeclHandler(p, on_ns_decl);
+	XML_SetStartDoctypeDeclHandler(p, on_doctype);
+	XML_SetCommentHandler(p, on_comment);
+	XML_SetProcessingInstructionHandler(p, on_pi);
+	XML_SetEntityDeclHandler(p, on_entity_decl);
+	XML_SetSkippedEntityHandler(p, on_skipped_entity);
+	XML_SetXmlDeclHandler(p, on_xml_decl);
+	XML_SetParamEntityParsing(p, XML_PARAM_ENTITY_PARSING_NEVER);
+#if XML_MAJOR_VERSION > 2 || (XML_MAJOR_VERSION == 2 && XML_MINOR_VERSION >= 6)
+	/* With deferral on, the end of a stanza split across two reads can wait
+	 * for bytes that never come. */
+	XML_SetReparseDeferralEnabled(p, XML_FALSE);
+#endif
+}
+
+static void apply_limits(struct xmlstream *xs, const struct xs_limits *l)
+{
+	static const struct xs_limits none;
+	if (!l)
+		l = &none;
+	xs->lim.max_stanza_bytes = l->max_stanza_bytes ? l->max_stanza_bytes : DEF_STANZA_BYTES;
+	xs->lim.max_depth = l->max_depth ? l->max_depth : DEF_DEPTH;
+	xs->lim.max_attrs = l->max_attrs ? l->max_attrs : DEF_ATTRS;
+	xs->lim.max_attr_len = l->max_attr_len ? l->max_attr_len : DEF_ATTR_LEN;
+	xs->lim.max_text_len = l->max_text_len ? l->max_text_len : xs->lim.max_stanza_bytes;
+	xs->lim.max_children = l->max_children ? l->max_children : DEF_CHILDREN;
+	xs->lim.max_header_bytes = l->max_header_bytes ? l->max_header_bytes : DEF_HEADER_BYTES;
+	/* Expat holds at most the unparsed tail of one top-level element (our
+	 * byte limits bound it) in a buffer that grows by doubling, briefly
+	 * next to its old copy while growing, plus a copy of the attributes of
+	 * one start tag: four times the window is enough for any input the
+	 * limits admit. */
+	size_t window = xs->lim.max_stanza_bytes > xs->lim.max_header_bytes
+			    ? xs->lim.max_stanza_bytes
+			    : xs->lim.max_header_bytes;
+	xs->mem_cap = window > (SIZE_MAX - MEM_SLACK) / 4 ? SIZE_MAX : 4 * window + MEM_SLACK;
+}
+
+struct xmlstream *xmlstream_new(const struct xs_callbacks *cb, void *ud,
+				const struct xs_limits *limits)
+{
+	struct xmlstream *xs = calloc(1, sizeof(*xs));
+	if (!xs)
+		die_oom();
+	xs->cb = cb;
+	xs->ud = ud;
+	apply_limits(xs, limits);
+	mem_owner = xs;
+	/* Forcing UTF-8 makes expat reject other input as malformed instead of
+	 * guessing from a byte order mark (RFC 6120 §11.6). */
+	xs->p = XML_ParserCreate_MM("UTF-8", &mem_suite, (XML_Char[]){NS_SEP, '\0'});
+	mem_owner = NULL;
+	if (!xs->p)
+		die_oom();
+	install(xs);
+	return xs;
+}
+
+static void drop_partial(struct xmlstream *xs)
+{
+	arena_free(xs->arena);
+	xs->arena = NULL;
+	arena_free(xs->hdr_arena);
+	xs->hdr_arena = NULL;
+	xs->default_ns = NULL;
+	xs->nframes = 0;
+	buf_reset(&xs->text);
+}
+
+void xmlstream_free(struct xmlstream *xs)
+{
+	if (!xs)
+		return;
+	ASSERT(!xs->in_cb);
+	mem_owner = xs;
+	XML_ParserFree(xs->p);
+	mem_owner = NULL;
+	drop_partial(xs);
+	buf_free(&xs->text);
+	free(xs->frames);
+	free(xs);
+}
+
+void xmlstream_set_limits(struct xmlstream *xs, const struct xs_limits *limits)
+{
+	apply_limits(xs, limits);
+}
+
+void xmlstream_pause(struct xmlstream *xs)
+{
+	ASSERT(xs->in_cb);
+	xs->pause_req = true;
+}
+
+void xmlstream_reset(struct xmlstream *xs)
+{
+	ASSERT(!xs->in_cb);
+	mem_owner = xs;
+	/* XML_ParserReset keeps the memory suite and namespace mode, drops the
+	 * handlers, user data and any buffered input. */
+	bool ok = XML_ParserReset(xs->p, "UTF-8");
+	mem_owner = NULL;
+	ASSERT(ok);
+	install(xs);
+	drop_partial(xs);
+	xs->fed = 0;
+	xs->feed_base = 0;
+	xs->mark = 0;
+	xs->stanza_start = 0;
+	xs->root = ROOT_NONE;
+	xs->level = 0;
+	xs->ns_decls = 0;
+	xs->pause_req = false;
+	xs->suspended = false;
+	xs->retained = 0;
+}
+
+enum xs_error xmlstream_error(const struct xmlstream *xs)
+{
+	return xs->err;
+}
+
+const char *xmlstream_error_text(const struct xmlstream *xs)
+{
+	return xs->err ? xs->err_text : "";
+}
+
+void xmlstream_mem_stats(const struct xmlstream *xs, size_t *used, size_t *peak, size_t *cap)
+{
+	if (used)
+		*used = xs->mem_used;
+	if (peak)
+		*peak = xs->mem_peak;
+	if (cap)
+		*cap = xs->mem_cap;
+}
+
+static void map_expat_error(struct xmlstream *xs)
+{
+	if (xs->err)
+		return; /* a handler stopped the parser and said why */
+	enum XML_Error code = XML_GetErrorCode(xs->p);
+	enum xs_error err;
+	switch (code) {
+	case XML_ERROR_NO_MEMORY:
+		err = XS_ERR_MEMORY;
+		break;
+	/* Without a DTD no entity but the five predefined ones exists, so any
+	 * other reference lands here. RFC 6120 §11.1. */
+	case XML_ERROR_UNDEFINED_ENTITY:
+	case XML_ERROR_RECURSIVE_ENTITY_REF:
+	case XML_ERROR_BINARY_ENTITY_REF:
+	case XML_ERROR_ATTRIBUTE_EXTERNAL_ENTITY_REF:
+	case XML_ERROR_EXTERNAL_ENTITY_HANDLING:
+	case XML_ERROR_NOT_STANDALONE:
+	case XML_ERROR_ENTITY_DECLARED_IN_PE:
+	case XML_ERROR_PARAM_ENTITY_REF:
+		err = XS_ERR_RESTRICTED_XML;
+		break;
+	case XML_ERROR_UNKNOWN_ENCODING:
+	case XML_ERROR_INCORRECT_ENCODING:
+		err = XS_ERR_ENCODING;
+		break;
+	default:
+		err = XS_ERR_BAD_FORMAT;
+		break;
+	}
+	xs->err = err;
+	xs->err_text = XML_ErrorString(code);
+	if (!xs->err_text)
+		xs->err_text = "XML error";
+}
+
+/* Runs one expat call. Returns 1 to go on, 0 when paused, -1 on error. */
+static int parse_result(struct xmlstream *xs, enum XML_Status st)
+{
+	if (st == XML_STATUS_ERROR || xs->err) {
+		map_expat_error(xs);
+		return -1;
+	}
+	if (st == XML_STATUS_SUSPENDED) {
+		xs->suspended = true;
+		xs->retained = xs->fed - xs->feed_base - xs->consumed;
+		return 0;
+	}
+	return 1;
+}
+
+/* Expat honours a UTF-16 byte order mark, and guesses UTF-16 from a NUL
+ * byte next to '<', even when created for UTF-8 only. RFC 6120 §11.6 allows
+ * UTF-8 alone, so look at the first two bytes of each stream before expat
+ * does. A NUL is never XML, so refusing it as an encoding loses nothing. */
+static bool check_lead(struct xmlstream *xs, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n && xs->fed + i < 2; i++)
+		xs->lead[xs->fed + i] = (unsigned char)p[i];
+	if (xs->fed + n < 2)
+		return true;
+	unsigned char b0 = xs->lead[0], b1 = xs->lead[1];
+	if (b0 == 0 || b1 == 0 || (b0 == 0xfe && b1 == 0xff) || (b0 == 0xff && b1 == 0xfe)) {
+		xs->err = XS_ERR_ENCODING;
+		xs->err_text = "UTF-16 or UTF-32 input";
+		return false;
+	}
+	return true;
+}
+
+ssize_t xmlstream_feed(struct xmlstream *xs, const char *data, size_t len)
+{
+	if (xs->err)
+		return -1;
+	ASSERT(!xs->in_cb && len <= SSIZE_MAX);
+	size_t done = 0;
+	int rc;
+	mem_owner = xs;
+	if (xs->suspended) {
+		/* Paused and not reset: expat still holds the bytes after the
+		 * pause point, which the caller, told they were not consumed,
+		 * feeds again. Let expat continue on its copy and skip ours. */
+		ASSERT(len >= xs->retained);
+		xs->feed_base = xs->fed - xs->retained;
+		done = xs->retained;
+		xs->suspended = false;
+		xs->retained = 0;
+		rc = parse_result(xs, XML_ResumeParser(xs->p));
+		if (rc <= 0)
+			goto out;
+	}
+	xs->feed_base = xs->fed - done;
+	while (done < len) {
+		/* The limits are checked before bytes reach expat, so a single
+		 * huge read is cut exactly at the limit: expat never buffers
+		 * more than one window. Outside a top-level element the window
+		 * starts after the last event, so whitespace keepalives never
+		 * add up, but anything expat has not reported yet (a comment in
+		 * progress, a start tag) counts. */
+		size_t start, limit;
+		const char *what;
+		if (xs->root == ROOT_NONE) {
+			start = 0;
+			limit = xs->lim.max_header_bytes;
+			what = "max_header_bytes";
+		} else {
+			start = xs->level >= 2 ? xs->stanza_start : xs->mark;
+			limit = xs->lim.max_stanza_bytes;
+			what = "max_stanza_bytes";
+		}
+		size_t used = xs->fed - start;
+		if (used >= limit) {
+			xs->err = XS_ERR_POLICY;
+			xs->err_text = what;
+			rc = -1;
+			goto out;
+		}
+		size_t n = len - done;
+		if (n > limit - used)
+			n = limit - used;
+		/* Whatever follows the header in this piece belongs to the
+		 * window of a top-level element, which starts inside it. */
+		if (xs->root == ROOT_NONE && n > xs->lim.max_stanza_bytes)
+			n = xs->lim.max_stanza_bytes;
+		if (xs->fed < 2 && !check_lead(xs, data + done, n)) {
+			rc = -1;
+			goto out;
+		}
+		if (n > MAX_PIECE)
+			n = MAX_PIECE;
+		xs->fed += n;
+		rc = parse_result(xs, XML_Parse(xs->p, data + done, (int)n, XML_FALSE));
+		if (rc <= 0)
+			goto out;
+		done += n;
+	}
+	rc = 1;
+out:
+	mem_owner = NULL;
+	if (rc < 0)
+		return -1;
+	if (rc == 0)
+		return (ssize_t)xs->consumed;
+	return (ssize_t)len;
+}

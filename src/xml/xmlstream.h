@@ -72,5 +72,8 @@ void xmlstream_pause(struct xmlstream *xs);
 void xmlstream_reset(struct xmlstream *xs);
 enum xs_error xmlstream_error(const struct xmlstream *xs);
 const char *xmlstream_error_text(const struct xmlstream *xs); /* detail for logs */
+/* Bytes expat holds now, the most it ever held, and the cap (derived from
+ * the limits); for metrics and tests. Any pointer may be NULL. */
+void xmlstream_mem_stats(const struct xmlstream *xs, size_t *used, size_t *peak, size_t *cap);
 
 #endif

@@ -1,0 +1,893 @@
+/* Client-to-server streams (RFC 6120 §4-§7): stream headers and features,
+ * STARTTLS, SASL, resource binding, then stanzas handed to the router.
+ * The XML front end (xmlstream) does no I/O; this file joins it to a
+ * connection. Everything here runs on the session's own worker. */
+#include "server/server.h"
+
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/arena.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/log.h"
+#include "storage/store.h"
+#include "xml/xmlstream.h"
+#include "xmpp/base64.h"
+#include "xmpp/ns.h"
+#include "xmpp/sasl/sasl.h"
+
+#define SASL_MAX_FAILURES 3 /* RFC 6120 §6.4.5: then the stream is closed */
+#define MAX_SASL_BYTES    16384
+
+enum pause_action { PA_NONE, PA_STARTTLS, PA_RESTART, PA_WAIT };
+
+/* Action requested by an element handler, carried out once the XML layer
+ * has returned (it must not be reset from inside its own callback). */
+static __thread enum pause_action pending_action;
+static __thread bool in_feed; /* inside xmlstream_feed: the XML layer can pause */
+
+static void session_unref(struct session *s);
+static void process_input(struct session *s, const char *p, size_t n);
+
+/* Asks the XML layer to stop after the current element; process_input()
+ * then carries out the action. */
+static void request(struct session *s, enum pause_action a)
+{
+	pending_action = a;
+	if (in_feed)
+		xmlstream_pause(s->xs);
+}
+
+/* --- output --- */
+
+static struct buf *out(struct session *s)
+{
+	return s->conn ? conn_wbuf(s->conn) : NULL;
+}
+
+static void check_queue(struct session *s)
+{
+	/* A reader that does not read must not make us buffer without bound. */
+	if (s->conn && conn_queued(s->conn) > s->w->limits.out_queue_bytes) {
+		LOGS(LOG_INFO, s->id, "output queue over %zu bytes: closing",
+		     s->w->limits.out_queue_bytes);
+		conn_close(s->conn, "output queue full");
+	}
+}
+
+static void send_raw(struct session *s, const char *str)
+{
+	struct buf *b = out(s);
+	if (b)
+		buf_adds(b, str);
+}
+
+static void send_el(struct session *s, const struct xml_el *el)
+{
+	struct buf *b = out(s);
+	if (!b)
+		return;
+	xml_serialize(el, NS_CLIENT, b);
+	check_queue(s);
+}
+
+void session_send(struct session *s, struct stanza *st)
+{
+	if (s->conn && (s->flags & SF_BOUND))
+		send_el(s, st->el);
+	stanza_free(st);
+}
+
+static void send_header(struct session *s, const char *to_attr)
+{
+	struct buf *b = out(s);
+	if (!b)
+		return;
+	unsigned char rnd[9];
+	char id[16];
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		die("RAND_bytes failed");
+	base64_encode(rnd, sizeof(rnd), id);
+	for (char *p = id; *p; p++)
+		if (*p == '/' || *p == '+')
+			*p = 'x';
+	snprintf(s->stream_id, sizeof(s->stream_id), "%s", id);
+	buf_adds(b, "<?xml version='1.0'?><stream:stream xmlns='" NS_CLIENT
+		    "' xmlns:stream='" NS_STREAMS "' id='");
+	buf_adds(b, s->stream_id);
+	buf_adds(b, "' from='");
+	buf_add_xml_escaped(b, s->host ? s->host->domain : srv->hosts[0].domain,
+			    strlen(s->host ? s->host->domain : srv->hosts[0].domain), 1);
+	if (to_attr) {
+		buf_adds(b, "' to='");
+		buf_add_xml_escaped(b, to_attr, strlen(to_attr), 1);
+	}
+	buf_adds(b, "' version='1.0' xml:lang='en'>");
+	s->flags |= SF_OPENED;
+}
+
+void session_close(struct session *s, const char *cond, const char *text)
+{
+	if (!s->conn || (s->flags & SF_CLOSING))
+		return;
+	s->flags |= SF_CLOSING;
+	/* RFC 6120 §4.9.1.2: an error on the initial header still needs our header. */
+	if (!(s->flags & SF_OPENED))
+		send_header(s, NULL);
+	if (cond) {
+		LOGS(LOG_DEBUG, s->id, "stream error %s%s%s", cond, text ? ": " : "",
+		     text ? text : "");
+		struct buf *b = out(s);
+		if (b) {
+			buf_printf(b, "<stream:error><%s xmlns='" NS_STREAM_ERRORS "'/>", cond);
+			if (text) {
+				buf_adds(b, "<text xmlns='" NS_STREAM_ERRORS "'>");
+				buf_add_xml_escaped(b, text, strlen(text), 0);
+				buf_adds(b, "</text>");
+			}
+			buf_adds(b, "</stream:error>");
+		}
+	}
+	send_raw(s, "</stream:stream>");
+	conn_close(s->conn, cond ? cond : "closed");
+}
+
+static void send_features(struct session *s)
+{
+	struct buf *b = out(s);
+	if (!b)
+		return;
+	const struct limits_conf *lim = &s->w->limits;
+	buf_adds(b, "<stream:features>");
+	if (!(s->flags & SF_TLS)) {
+		buf_adds(b, "<starttls xmlns='" NS_TLS "'>");
+		if (srv->cfg.c2s_require_encryption)
+			buf_adds(b, "<required/>");
+		buf_adds(b, "</starttls>");
+	}
+	if (!(s->flags & SF_AUTHED) &&
+	    ((s->flags & SF_TLS) || !srv->cfg.c2s_require_encryption)) {
+		/* RFC 6120 §5.3.1: while TLS is mandatory-to-negotiate we offer
+		 * nothing else before it. */
+		struct sasl_cbind cb = {0};
+		if (s->flags & SF_TLS) {
+			if (s->cb_have_exporter) {
+				cb.tls_exporter = s->cb_exporter;
+				cb.tls_exporter_len = sizeof(s->cb_exporter);
+			}
+			if (s->cb_endpoint_len) {
+				cb.tls_server_end_point = s->cb_endpoint;
+				cb.tls_server_end_point_len = s->cb_endpoint_len;
+			}
+		}
+		const char *mechs[16];
+		size_t n = sasl_mechanisms(s->flags & SF_TLS, &cb, srv->cfg.sasl_plain, mechs, 16);
+		buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
+		for (size_t i = 0; i < n; i++)
+			buf_printf(b, "<mechanism>%s</mechanism>", mechs[i]);
+		buf_adds(b, "</mechanisms>");
+		/* XEP-0440: the channel-binding types we can verify. */
+		if (cb.tls_exporter || cb.tls_server_end_point) {
+			buf_adds(b, "<sasl-channel-binding xmlns='" NS_SASL_CB "'>");
+			if (cb.tls_exporter)
+				buf_adds(b, "<channel-binding type='tls-exporter'/>");
+			if (cb.tls_server_end_point)
+				buf_adds(b, "<channel-binding type='tls-server-end-point'/>");
+			buf_adds(b, "</sasl-channel-binding>");
+		}
+	}
+	if (s->flags & SF_AUTHED) {
+		buf_adds(b, "<bind xmlns='" NS_BIND "'/>");
+		/* RFC 6121 Appendix E / RFC 3921 session: offered as optional. */
+		buf_adds(b, "<session xmlns='" NS_SESSION "'><optional/></session>");
+	}
+	/* XEP-0478: tell the client our limits. */
+	buf_printf(b,
+		   "<limits xmlns='" NS_STREAM_LIMITS "'><max-bytes>%zu</max-bytes>"
+		   "<idle-seconds>%u</idle-seconds></limits>",
+		   (s->flags & SF_AUTHED) ? lim->stanza_bytes : lim->stanza_bytes_preauth,
+		   lim->idle_timeout);
+	buf_adds(b, "</stream:features>");
+}
+
+/* --- limits and timers --- */
+
+static void apply_limits(struct session *s)
+{
+	const struct limits_conf *l = &s->w->limits;
+	struct xs_limits xl = {
+		.max_stanza_bytes = (s->flags & SF_AUTHED) ? l->stanza_bytes : l->stanza_bytes_preauth,
+		.max_depth = l->xml_depth,
+		.max_attrs = l->xml_attrs,
+		.max_attr_len = l->xml_attr_len,
+		.max_text_len = l->xml_text_len,
+		.max_children = l->xml_children,
+		.max_header_bytes = 4096,
+	};
+	if (xl.max_attr_len > xl.max_stanza_bytes)
+		xl.max_attr_len = xl.max_stanza_bytes;
+	if (xl.max_text_len > xl.max_stanza_bytes)
+		xl.max_text_len = xl.max_stanza_bytes;
+	xmlstream_set_limits(s->xs, &xl);
+}
+
+static void session_timer(struct timer *t)
+{
+	struct session *s = t->ud;
+	if (!s->conn)
+		return;
+	uint64_t now = loop_now(s->w->loop);
+	if (!(s->flags & SF_BOUND)) {
+		/* Handshake deadline: TLS, SASL and bind must be done by now. */
+		LOGS(LOG_INFO, s->id, "handshake timeout from %s", s->conn->peer_ip);
+		session_close(s, "connection-timeout", NULL);
+		return;
+	}
+	uint64_t idle_ms = (uint64_t)s->w->limits.idle_timeout * 1000u;
+	if (now - s->last_read >= idle_ms) {
+		LOGS(LOG_INFO, s->id, "idle timeout");
+		session_close(s, "connection-timeout", NULL);
+		return;
+	}
+	/* Reads do not touch the heap; re-arm for what is left. */
+	loop_timer_set(s->w->loop, &s->timer, idle_ms - (now - s->last_read) + 1);
+}
+
+/* --- SASL --- */
+
+static void sasl_cbind_of(struct session *s, struct sasl_cbind *cb)
+{
+	memset(cb, 0, sizeof(*cb));
+	if (s->cb_have_exporter) {
+		cb->tls_exporter = s->cb_exporter;
+		cb->tls_exporter_len = sizeof(s->cb_exporter);
+	}
+	if (s->cb_endpoint_len) {
+		cb->tls_server_end_point = s->cb_endpoint;
+		cb->tls_server_end_point_len = s->cb_endpoint_len;
+	}
+}
+
+static void sasl_failure(struct session *s, const char *cond)
+{
+	sasl_free(s->sasl);
+	s->sasl = NULL;
+	struct buf *b = out(s);
+	if (b)
+		buf_printf(b, "<failure xmlns='" NS_SASL "'><%s/></failure>", cond);
+	if (strcmp(cond, "aborted") && ++s->sasl_failures >= SASL_MAX_FAILURES) {
+		/* RFC 6120 §6.4.5: too many retries: policy-violation. */
+		session_close(s, "policy-violation", "Too many failed authentication attempts");
+	}
+}
+
+static void sasl_send_data(struct session *s, const char *elname, const struct buf *data)
+{
+	struct buf *b = out(s);
+	if (!b)
+		return;
+	buf_printf(b, "<%s xmlns='" NS_SASL "'>", elname);
+	if (buf_pending(data)) {
+		size_t need = base64_encoded_len(buf_pending(data)) + 1;
+		buf_reserve(b, need);
+		base64_encode((const unsigned char *)buf_head(data), buf_pending(data),
+			      b->data + b->len);
+		b->len += need - 1;
+	} else if (!strcmp(elname, "success")) {
+		/* RFC 6120 §6.4.6: no additional data means an empty element. */
+	} else {
+		buf_addc(b, '=');
+	}
+	buf_printf(b, "</%s>", elname);
+}
+
+static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data);
+
+static void creds_done(void *ud, int rc, const struct scram_creds *creds)
+{
+	struct session *s = ud;
+	if (s->conn && s->sasl && !(s->flags & SF_CLOSING)) {
+		struct buf data = BUF_INIT;
+		enum sasl_rc r;
+		if (rc == STORE_ERROR) {
+			sasl_failure(s, "temporary-auth-failure");
+		} else {
+			pending_action = PA_NONE;
+			r = sasl_supply_creds(s->sasl, rc == STORE_OK ? creds : NULL, &data);
+			sasl_result(s, r, &data);
+			if (pending_action == PA_RESTART && s->conn) {
+				xmlstream_reset(s->xs);
+				apply_limits(s);
+			}
+			pending_action = PA_NONE;
+		}
+		buf_free(&data);
+		s->flags &= ~SF_WAIT_STORE;
+		if (s->conn && s->inbuf && buf_pending(s->inbuf)) {
+			struct buf *in = s->inbuf;
+			s->inbuf = NULL;
+			conn_pause(s->conn, false);
+			process_input(s, buf_head(in), buf_pending(in));
+			buf_free(in);
+			free(in);
+		} else if (s->conn) {
+			conn_pause(s->conn, false);
+		}
+	}
+	session_unref(s);
+}
+
+static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data)
+{
+	switch (rc) {
+	case SASL_CONTINUE:
+		sasl_send_data(s, "challenge", data);
+		return;
+	case SASL_NEED_CREDS:
+		s->flags |= SF_WAIT_STORE;
+		s->refs++;
+		conn_pause(s->conn, true);
+		request(s, PA_WAIT);
+		store_user_get_creds(srv->store, s->w->loop, s->host->domain, sasl_authcid(s->sasl),
+				     creds_done, s);
+		return;
+	case SASL_SUCCESS: {
+		const char *authzid = sasl_authzid(s->sasl);
+		if (authzid && *authzid) {
+			/* RFC 6120 §6.3.8: we only allow the account itself. */
+			struct jid az;
+			char bare[JID_PART_MAX * 2 + 2];
+			snprintf(bare, sizeof(bare), "%s@%s", sasl_authcid(s->sasl), s->host->domain);
+			bool ok = jid_parse(&az, authzid, strlen(authzid), NULL) == 0;
+			ok = ok && jid_is_bare(&az) && !strcmp(az.s, bare);
+			if (ok)
+				jid_free(&az);
+			if (!ok) {
+				sasl_failure(s, "invalid-authzid");
+				return;
+			}
+		}
+		s->user = strdup(sasl_authcid(s->sasl));
+		if (!s->user)
+			die_oom();
+		LOGS(LOG_INFO, s->id, "authenticated %s@%s with %s from %s", s->user,
+		     s->host->domain, sasl_mech_name(s->sasl), s->conn->peer_ip);
+		sasl_send_data(s, "success", data);
+		sasl_free(s->sasl);
+		s->sasl = NULL;
+		s->flags |= SF_AUTHED;
+		s->flags &= ~SF_OPENED;
+		request(s, PA_RESTART); /* RFC 6120 §6.4.6: stream restart */
+		return;
+	}
+	case SASL_FAIL:
+		LOGS(LOG_INFO, s->id, "authentication failed for '%s' from %s: %s",
+		     s->sasl && sasl_authcid(s->sasl) ? sasl_authcid(s->sasl) : "",
+		     s->conn ? s->conn->peer_ip : "?", sasl_condition(s->sasl));
+		sasl_failure(s, sasl_condition(s->sasl));
+		return;
+	}
+}
+
+static void handle_sasl(struct session *s, struct xml_el *el, struct arena *a)
+{
+	if (s->flags & SF_AUTHED) {
+		session_close(s, "policy-violation", "Already authenticated");
+		return;
+	}
+	if (!(s->flags & SF_TLS) && srv->cfg.c2s_require_encryption) {
+		struct buf *b = out(s);
+		if (b)
+			buf_adds(b, "<failure xmlns='" NS_SASL "'><encryption-required/></failure>");
+		return;
+	}
+	if (!strcmp(el->name, "abort")) {
+		/* RFC 6120 §6.4.4 */
+		if (s->sasl)
+			sasl_failure(s, "aborted");
+		else
+			send_raw(s, "<failure xmlns='" NS_SASL "'><aborted/></failure>");
+		return;
+	}
+	bool is_auth = !strcmp(el->name, "auth");
+	if (!is_auth && strcmp(el->name, "response")) {
+		session_close(s, "unsupported-stanza-type", NULL);
+		return;
+	}
+	if (is_auth) {
+		if (s->sasl) {
+			sasl_free(s->sasl);
+			s->sasl = NULL;
+		}
+		const char *mech = xml_attr(el, "mechanism");
+		struct sasl_cbind cb;
+		sasl_cbind_of(s, &cb);
+		struct sasl_ctx ctx = {
+			.tls = s->flags & SF_TLS,
+			.cb = &cb,
+			.allow_plain = srv->cfg.sasl_plain,
+			.server_secret = srv->secret,
+			.secret_len = sizeof(srv->secret),
+			.fake_iterations = (int)srv->cfg.scram_iterations,
+		};
+		s->sasl = mech ? sasl_new(mech, &ctx) : NULL;
+		if (!s->sasl) {
+			sasl_failure(s, "invalid-mechanism");
+			return;
+		}
+	} else if (!s->sasl) {
+		session_close(s, "policy-violation", "SASL response without auth");
+		return;
+	}
+	/* RFC 6120 §6.4.2: base64, "=" for an empty response, nothing for none. */
+	const char *text = xml_text(a, el);
+	size_t tl = strlen(text);
+	if (tl > MAX_SASL_BYTES) {
+		sasl_failure(s, "malformed-request");
+		return;
+	}
+	unsigned char *dec = NULL;
+	ssize_t dl = 0;
+	bool have = tl > 0;
+	if (have && !(tl == 1 && text[0] == '=')) {
+		dec = arena_alloc(a, tl);
+		dl = base64_decode(text, tl, dec, tl);
+		if (dl < 0) {
+			sasl_failure(s, "incorrect-encoding");
+			return;
+		}
+	}
+	struct buf data = BUF_INIT;
+	enum sasl_rc rc = sasl_step(s->sasl, have ? (dec ? dec : (const unsigned char *)"") : NULL,
+				    (size_t)dl, &data);
+	sasl_result(s, rc, &data);
+	buf_free(&data);
+}
+
+/* --- binding --- */
+
+static void iq_reply_error(struct session *s, struct stanza *st, enum st_err e, const char *text)
+{
+	if (stanza_make_error(st, e, text)) {
+		/* Before binding the stanza has no usable 'to'. */
+		xml_set_attr(st->arena, st->el, "to", NULL);
+		if (s->conn)
+			send_el(s, st->el);
+	}
+	stanza_free(st);
+}
+
+static void handle_bind(struct session *s, struct stanza *st)
+{
+	struct xml_el *bind = stanza_payload(st);
+	if (s->flags & SF_BOUND) {
+		/* RFC 6120 §7.7.2.1: one resource per stream here. */
+		iq_reply_error(s, st, SE_NOT_ALLOWED, "Resource already bound");
+		return;
+	}
+	char res[JID_PART_MAX + 1];
+	struct xml_el *r = xml_child(bind, NS_BIND, "resource");
+	const char *want = r ? xml_text(st->arena, r) : "";
+	int rl;
+	if (*want) {
+		rl = jid_prep_resource(want, strlen(want), res, sizeof(res));
+		if (rl < 0) {
+			/* RFC 6120 §7.7.2.1 */
+			iq_reply_error(s, st, SE_BAD_REQUEST, "Invalid resource");
+			return;
+		}
+	} else {
+		/* RFC 6120 §7.6: the server generates one. */
+		unsigned char rnd[9];
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+			die("RAND_bytes");
+		base64_encode(rnd, sizeof(rnd), res);
+		for (char *p = res; *p; p++)
+			if (*p == '/' || *p == '+')
+				*p = '-';
+	}
+	struct jid full;
+	if (jid_make(&full, s->user, s->host->domain, res, NULL) < 0) {
+		iq_reply_error(s, st, SE_BAD_REQUEST, "Invalid resource");
+		return;
+	}
+	struct reg_target old;
+	int rc = registry_bind(&full, s, srv->cfg.resource_conflict == CONFLICT_KICK_OLD, &old);
+	if (rc == -1 || rc == -2) {
+		jid_free(&full);
+		/* RFC 6120 §7.7.2.2 conflict; §7.6.2.1 resource-constraint */
+		iq_reply_error(s, st, rc == -1 ? SE_CONFLICT : SE_RESOURCE_CONSTRAINT, NULL);
+		return;
+	}
+	s->jid = full;
+	s->flags |= SF_BOUND;
+	LOGS(LOG_INFO, s->id, "worker %u bound %s", s->w->idx, s->jid.s);
+	if (rc == 1) {
+		/* RFC 6120 §7.7.2.2: the old session gets a conflict stream error. */
+		kick_session(&old, "conflict");
+	}
+	stanza_make_result(st);
+	xml_set_attr(st->arena, st->el, "from", NULL);
+	struct xml_el *b = xml_add_child(st->arena, st->el, NS_BIND, "bind");
+	struct xml_el *j = xml_add_child(st->arena, b, NS_BIND, "jid");
+	xml_add_text(st->arena, j, s->jid.s, s->jid.len);
+	xml_set_attr(st->arena, st->el, "to", s->jid.s);
+	send_el(s, st->el);
+	stanza_free(st);
+	/* From now on the idle timeout applies. */
+	loop_timer_set(s->w->loop, &s->timer, (uint64_t)s->w->limits.idle_timeout * 1000u);
+}
+
+/* --- stream callbacks --- */
+
+static void on_open(void *ud, const struct xml_el *hdr, const char *default_ns)
+{
+	struct session *s = ud;
+	const char *to = xml_attr(hdr, "to");
+	const char *from = xml_attr(hdr, "from");
+	const char *version = xml_attr(hdr, "version");
+	struct host *h = NULL;
+	if (to) {
+		char dom[JID_PART_MAX + 1];
+		int dl = jid_prep_domain(to, strlen(to), dom, sizeof(dom));
+		if (dl > 0)
+			h = host_find(dom, (size_t)dl);
+	}
+	if (s->host && h != s->host)
+		h = NULL; /* a restarted stream must stay on its host */
+	if (h)
+		s->host = h;
+	/* RFC 6120 §4.7.2: echo a valid 'from' back as 'to'. */
+	struct jid fj;
+	bool from_ok = from && jid_parse(&fj, from, strlen(from), NULL) == 0;
+	send_header(s, from_ok ? fj.s : NULL);
+	if (from_ok)
+		jid_free(&fj);
+	if (strcmp(default_ns, NS_CLIENT)) {
+		session_close(s, "invalid-namespace", NULL); /* RFC 6120 §4.9.3.10 */
+		return;
+	}
+	if (!h) {
+		session_close(s, "host-unknown", NULL); /* RFC 6120 §4.9.3.6 */
+		return;
+	}
+	if (!version || strcmp(version, "1.0")) {
+		/* RFC 6120 §4.7.5: we speak 1.0 only. */
+		session_close(s, "unsupported-version", NULL);
+		return;
+	}
+	send_features(s);
+}
+
+static void handle_stanza(struct session *s, struct xml_el *el, struct arena *a)
+{
+	if (strcmp(el->ns, NS_CLIENT) ||
+	    (strcmp(el->name, "message") && strcmp(el->name, "presence") && strcmp(el->name, "iq"))) {
+		arena_free(a);
+		session_close(s, "unsupported-stanza-type", NULL); /* RFC 6120 §4.9.3.22 */
+		return;
+	}
+	int err;
+	struct stanza *st = stanza_wrap(el, a, &err);
+	/* RFC 6120 §8.1.2.1: the server stamps 'from'; a client may only name
+	 * itself (full or bare JID). */
+	if (st->from.len && !jid_eq(&st->from, &s->jid)) {
+		struct jid bare;
+		jid_bare(&bare, &s->jid, st->arena);
+		if (!jid_eq(&st->from, &bare)) {
+			stanza_free(st);
+			session_close(s, "invalid-from", NULL);
+			return;
+		}
+	}
+	stanza_set_from(st, &s->jid);
+	if (err != SE_NONE) {
+		if (stanza_make_error(st, (enum st_err)err, NULL)) {
+			stanza_set_to(st, &s->jid);
+			xml_set_attr(st->arena, st->el, "from", NULL);
+			send_el(s, st->el);
+		}
+		stanza_free(st);
+		return;
+	}
+	route(st, s);
+}
+
+static void on_element(void *ud, struct xml_el *el, struct arena *a)
+{
+	struct session *s = ud;
+	if (s->flags & SF_CLOSING) {
+		arena_free(a);
+		return;
+	}
+	if (!(s->flags & SF_OPENED)) {
+		arena_free(a);
+		return;
+	}
+	if (!strcmp(el->ns, NS_TLS)) {
+		if (strcmp(el->name, "starttls") || (s->flags & (SF_TLS | SF_AUTHED))) {
+			arena_free(a);
+			session_close(s, "policy-violation", "Unexpected STARTTLS");
+			return;
+		}
+		arena_free(a);
+		send_raw(s, "<proceed xmlns='" NS_TLS "'/>");
+		/* RFC 6120 §5.4.3.3: nothing after <starttls/> in the clear is
+		 * processed; the rest of this read is discarded. */
+		request(s, PA_STARTTLS);
+		return;
+	}
+	if (!strcmp(el->ns, NS_SASL)) {
+		handle_sasl(s, el, a);
+		arena_free(a);
+		return;
+	}
+	if (!(s->flags & SF_AUTHED)) {
+		arena_free(a);
+		/* RFC 6120 §6.4.? : nothing but negotiation before authentication. */
+		session_close(s, "not-authorized", NULL);
+		return;
+	}
+	if (!(s->flags & SF_BOUND)) {
+		if (strcmp(el->ns, NS_CLIENT) || strcmp(el->name, "iq")) {
+			arena_free(a);
+			session_close(s, "not-authorized", "Bind a resource first");
+			return;
+		}
+		int err;
+		struct stanza *st = stanza_wrap(el, a, &err);
+		struct xml_el *p = stanza_payload(st);
+		if (err == SE_NONE && st->type == ST_SET && p && !strcmp(p->ns, NS_BIND) &&
+		    !strcmp(p->name, "bind")) {
+			handle_bind(s, st);
+			return;
+		}
+		if (err == SE_NONE && st->type == ST_SET && p && !strcmp(p->ns, NS_SESSION)) {
+			stanza_make_result(st);
+			xml_set_attr(st->arena, st->el, "from", NULL);
+			send_el(s, st->el);
+			stanza_free(st);
+			return;
+		}
+		iq_reply_error(s, st, err == SE_NONE ? SE_NOT_AUTHORIZED : (enum st_err)err, NULL);
+		return;
+	}
+	/* RFC 3921 §3 session establishment: accepted as a no-op. */
+	if (!strcmp(el->name, "iq") && !strcmp(el->ns, NS_CLIENT)) {
+		struct xml_el *p = xml_first_el(el);
+		if (p && !strcmp(p->ns, NS_SESSION) && !strcmp(p->name, "session") &&
+		    !xml_attr(el, "to")) {
+			int err;
+			struct stanza *st = stanza_wrap(el, a, &err);
+			if (err == SE_NONE && st->type == ST_SET) {
+				stanza_make_result(st);
+				stanza_set_to(st, &s->jid);
+				send_el(s, st->el);
+				stanza_free(st);
+				return;
+			}
+			stanza_free(st);
+			return;
+		}
+	}
+	handle_stanza(s, el, a);
+}
+
+static void on_close(void *ud)
+{
+	struct session *s = ud;
+	/* RFC 6120 §4.4: answer the peer's close with ours. */
+	session_close(s, NULL, NULL);
+}
+
+static const struct xs_callbacks xs_cb = {on_open, on_element, on_close};
+
+static const char *xs_condition(enum xs_error e)
+{
+	switch (e) {
+	case XS_ERR_RESTRICTED_XML: return "restricted-xml";
+	case XS_ERR_POLICY: return "policy-violation";
+	case XS_ERR_ENCODING: return "unsupported-encoding";
+	case XS_ERR_INVALID_NS: return "invalid-namespace";
+	case XS_ERR_MEMORY: return "resource-constraint";
+	default: return "bad-format";
+	}
+}
+
+static void process_input(struct session *s, const char *p, size_t n)
+{
+	while (n && s->conn && !(s->flags & SF_CLOSING)) {
+		pending_action = PA_NONE;
+		in_feed = true;
+		ssize_t r = xmlstream_feed(s->xs, p, n);
+		in_feed = false;
+		if (r < 0) {
+			enum xs_error e = xmlstream_error(s->xs);
+			LOGS(LOG_INFO, s->id, "XML error from %s: %s", s->conn->peer_ip,
+			     xmlstream_error_text(s->xs));
+			session_close(s, xs_condition(e), e == XS_ERR_POLICY ? xmlstream_error_text(s->xs) : NULL);
+			return;
+		}
+		p += r;
+		n -= (size_t)r;
+		switch (pending_action) {
+		case PA_NONE:
+			break;
+		case PA_STARTTLS:
+			s->flags |= SF_TLS;
+			s->flags &= ~SF_OPENED;
+			xmlstream_reset(s->xs);
+			conn_starttls(s->conn, atomic_load(&s->host->tls));
+			return; /* the rest was sent in the clear: discarded */
+		case PA_RESTART:
+			xmlstream_reset(s->xs);
+			apply_limits(s);
+			break;
+		case PA_WAIT:
+			if (n && s->conn) {
+				if (!s->inbuf) {
+					s->inbuf = calloc(1, sizeof(*s->inbuf));
+					if (!s->inbuf)
+						die_oom();
+				}
+				buf_add(s->inbuf, p, n);
+			}
+			return;
+		}
+	}
+}
+
+/* --- connection callbacks --- */
+
+static void on_data(struct conn *c, const char *p, size_t n)
+{
+	struct session *s = c->ud;
+	s->last_read = loop_now(s->w->loop);
+	if (s->flags & SF_WAIT_STORE) {
+		/* Reading is paused, but a read already in progress may land. */
+		if (!s->inbuf) {
+			s->inbuf = calloc(1, sizeof(*s->inbuf));
+			if (!s->inbuf)
+				die_oom();
+		}
+		if (buf_pending(s->inbuf) + n > s->w->limits.stanza_bytes_preauth * 2) {
+			session_close(s, "policy-violation", NULL);
+			return;
+		}
+		buf_add(s->inbuf, p, n);
+		return;
+	}
+	process_input(s, p, n);
+}
+
+static void on_tls_ready(struct conn *c)
+{
+	struct session *s = c->ud;
+	tls_channel_binding(s);
+	if (s->flags & SF_DIRECT_TLS) {
+		const unsigned char *alpn;
+		unsigned alen;
+		SSL_get0_alpn_selected(c->ssl, &alpn, &alen);
+		LOGS(LOG_DEBUG, s->id, "direct TLS from %s (ALPN %.*s)", c->peer_ip, (int)alen,
+		     alen ? (const char *)alpn : "none");
+	}
+}
+
+static void session_free(struct session *s)
+{
+	sasl_free(s->sasl);
+	xmlstream_free(s->xs);
+	if (s->inbuf) {
+		buf_free(s->inbuf);
+		free(s->inbuf);
+	}
+	if (s->jid.s)
+		jid_free(&s->jid);
+	free(s->user);
+	free(s);
+}
+
+static void session_unref(struct session *s)
+{
+	ASSERT(s->refs > 0);
+	if (--s->refs == 0)
+		session_free(s);
+}
+
+static void on_closed(struct conn *c, const char *reason)
+{
+	struct session *s = c->ud;
+	struct worker *w = s->w;
+	LOGS(LOG_INFO, s->id, "closed (%s)%s%s", reason ? reason : "", s->jid.s ? " " : "",
+	     s->jid.s ? s->jid.s : "");
+	s->conn = NULL;
+	s->flags |= SF_GONE;
+	loop_timer_cancel(w->loop, &s->timer);
+	if (s->flags & SF_BOUND)
+		registry_unbind(&s->jid, s->id);
+	/* Unlink from the worker. */
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	w->n_sessions--;
+	uint32_t slot = (uint32_t)(s->id & 0xffffffu);
+	w->slots[slot] = NULL;
+	w->free_list[w->n_free++] = slot;
+	session_unref(s);
+}
+
+static const struct conn_handler c2s_handler = {on_data, on_tls_ready, on_closed};
+
+struct session *worker_session(struct worker *w, uint64_t id)
+{
+	uint32_t slot = (uint32_t)(id & 0xffffffu);
+	if (slot >= w->n_slots || !w->slots[slot] || w->slots[slot]->id != id)
+		return NULL;
+	return w->slots[slot];
+}
+
+static uint64_t alloc_slot(struct worker *w, struct session *s)
+{
+	uint32_t slot;
+	if (w->n_free) {
+		slot = w->free_list[--w->n_free];
+	} else {
+		if (w->n_slots == w->cap_slots) {
+			uint32_t cap = w->cap_slots ? w->cap_slots * 2 : 1024;
+			ASSERT(cap <= 0x1000000u);
+			w->slots = realloc(w->slots, cap * sizeof(*w->slots));
+			w->free_list = realloc(w->free_list, cap * sizeof(*w->free_list));
+			if (!w->slots || !w->free_list)
+				die_oom();
+			w->cap_slots = cap;
+		}
+		slot = w->n_slots++;
+	}
+	w->slots[slot] = s;
+	return (uint64_t)(++w->gen) << 32 | (uint64_t)w->idx << 24 | slot;
+}
+
+void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls)
+{
+	struct session *s = calloc(1, sizeof(*s));
+	if (!s)
+		die_oom();
+	s->w = w;
+	s->refs = 1;
+	s->id = alloc_slot(w, s);
+	s->xs = xmlstream_new(&xs_cb, s, NULL);
+	apply_limits(s);
+	s->last_read = loop_now(w->loop);
+	timer_init(&s->timer, session_timer, s);
+	if (direct_tls)
+		s->flags |= SF_TLS | SF_DIRECT_TLS;
+	s->next = w->sessions;
+	if (w->sessions)
+		w->sessions->prev = s;
+	w->sessions = s;
+	w->n_sessions++;
+	s->conn = conn_accept(w->loop, fd, peer, direct_tls ? atomic_load(&srv->hosts[0].tls) : NULL,
+			      &c2s_handler, s);
+	if (!s->conn) {
+		LOG(LOG_WARN, "could not watch an accepted connection");
+		s->flags |= SF_GONE;
+		w->sessions = s->next;
+		if (s->next)
+			s->next->prev = NULL;
+		w->n_sessions--;
+		uint32_t slot = (uint32_t)(s->id & 0xffffffu);
+		w->slots[slot] = NULL;
+		w->free_list[w->n_free++] = slot;
+		session_unref(s);
+		return;
+	}
+	LOGS(LOG_DEBUG, s->id, "connection from %s on worker %u%s", s->conn->peer_ip, w->idx,
+	     direct_tls ? " (direct TLS)" : "");
+	loop_timer_set(w->loop, &s->timer, (uint64_t)w->limits.handshake_timeout * 1000u);
+}

@@ -1,0 +1,101 @@
+/* The small server API that modules see (DESIGN §5, STYLE "Shape of a
+ * module"). A module is a const table; the core registers what it lists on
+ * every host and removes it at shutdown. Handlers run on the worker that
+ * owns the origin session. */
+#ifndef PARLEY_MODULE_H
+#define PARLEY_MODULE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "xmpp/ns.h"
+#include "xmpp/stanza.h"
+
+struct session;
+struct host;
+struct buf;
+
+enum hook_rc { HOOK_PASS, HOOK_DONE };   /* DONE: the handler consumed ev->st */
+
+/* What a stanza is addressed to, from the router's point of view. */
+#define DEST_HOST 0x1u   /* a served domain itself */
+#define DEST_BARE 0x2u   /* a local account's bare JID, not the sender's own */
+#define DEST_FULL 0x4u   /* a local full JID */
+#define DEST_SELF 0x8u   /* the sender's own bare JID (or no 'to' on an IQ) */
+
+#define IQ_GET 0x1u
+#define IQ_SET 0x2u
+
+struct hook_ev {
+	struct stanza *st;        /* owned by whoever returns HOOK_DONE */
+	struct session *origin;   /* the sending local session, or NULL */
+	struct host *host;        /* the served host the stanza is addressed to / from */
+	unsigned dest;
+};
+
+typedef enum hook_rc hook_fn(struct hook_ev *ev);
+
+struct iq_reg {
+	const char *ns;      /* payload namespace */
+	const char *name;    /* payload element name */
+	unsigned types;      /* IQ_GET | IQ_SET */
+	unsigned dests;      /* DEST_* it serves */
+	hook_fn *fn;
+};
+
+/* Hook points for what is not an IQ with a registered payload. */
+enum hook_point {
+	HP_MESSAGE,          /* every message before delivery, any dest */
+	HP_PRESENCE,         /* every presence before delivery, any dest */
+	HP_IQ,               /* IQs with no registered payload handler */
+	HP_COUNT
+};
+
+struct hook_reg {
+	enum hook_point point;
+	int prio;            /* higher runs first */
+	hook_fn *fn;
+};
+
+struct xep_ref {
+	int xep;             /* XEP number; 0 ends the list */
+	const char *version;
+	const char *status;  /* "complete", "partial" */
+};
+
+struct disco_identity {
+	const char *category, *type, *name;
+};
+
+struct module {
+	const char *name;
+	const char *const *features;          /* disco#info features, NULL-terminated */
+	const struct disco_identity *identity; /* server identity contributed, or NULL */
+	const struct iq_reg *iqs;             /* { 0 }-terminated */
+	const struct hook_reg *hooks;         /* { .fn = NULL }-terminated */
+	const struct xep_ref *xeps;           /* { 0 }-terminated */
+};
+
+/* --- What handlers may call --- */
+
+/* Routes a stanza (consumes it on every path). origin: the local session
+ * it came from, or NULL for stanzas the server itself emits. */
+void route(struct stanza *st, struct session *origin);
+/* Turns ev->st into an empty IQ result and returns it, still owned by ev,
+ * for the handler to add a payload; then call ev_send(). */
+struct stanza *ev_result(struct hook_ev *ev);
+/* Sends ev->st back (consumes it). */
+void ev_send(struct hook_ev *ev);
+/* Answers ev->st with an error (consumes it). */
+void ev_error(struct hook_ev *ev, enum st_err cond, const char *text);
+/* Shorthand: empty result, sent. */
+void ev_reply_result(struct hook_ev *ev);
+
+/* Server facts for modules. */
+const char *host_domain(const struct host *h);
+/* Appends the disco#info features of host h to el (as <feature var=.../>). */
+void host_disco_features(const struct host *h, struct arena *a, struct xml_el *query);
+
+extern const struct module *const parley_modules[];
+
+#endif

@@ -1,0 +1,348 @@
+/* The router (DESIGN §4): classifies where a stanza goes (host, bare,
+ * full, self), gives modules their turn through hooks and IQ handlers,
+ * and delivers what is left by the rules of RFC 6121 §8.5. Delivery to a
+ * session on another worker posts the stanza to that worker: ownership
+ * moves with it. route() consumes the stanza on every path. */
+#include "server/server.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "xml/xml.h"
+
+#define MAX_TARGETS 64
+
+static void route_bare(struct stanza *st, struct session *origin, struct host *h,
+		       const struct jid *bare);
+
+/* --- error replies --- */
+
+static void bounce(struct stanza *st, enum st_err e, const char *text)
+{
+	if (!stanza_make_error(st, e, text) || !st->to.len) {
+		stanza_free(st);
+		return;
+	}
+	/* The error goes back to the sender; it never bounces again. */
+	route(st, NULL);
+}
+
+/* --- delivery --- */
+
+struct posted {
+	struct reg_target t;
+	struct stanza *st;
+	const char *kick;
+};
+
+static void deliver_here(struct session *s, struct stanza *st)
+{
+	session_send(s, st);
+}
+
+static void deliver_posted(void *arg)
+{
+	struct posted *p = arg;
+	struct worker *w = p->t.w;
+	struct session *s = worker_session(w, p->t.sess_id);
+	if (p->kick) {
+		if (s)
+			session_close(s, p->kick, "Replaced by new connection");
+		free(p);
+		return;
+	}
+	if (s && s->conn && (s->flags & SF_BOUND)) {
+		deliver_here(s, p->st);
+	} else if (p->st->kind == ST_MESSAGE && p->st->to.len) {
+		/* The session went away in flight: RFC 6121 §8.5.3.2.1, a
+		 * message to a full JID that is gone is treated as if sent to
+		 * the bare JID. */
+		struct host *h = host_find(p->st->to.s + p->st->to.dom_off, p->st->to.dom_len);
+		struct jid bare;
+		if (h && jid_bare(&bare, &p->st->to, p->st->arena) == 0 && !jid_is_bare(&p->st->to))
+			route_bare(p->st, NULL, h, &bare);
+		else
+			bounce(p->st, SE_SERVICE_UNAVAILABLE, NULL);
+	} else if (p->st->kind == ST_IQ && (p->st->type == ST_GET || p->st->type == ST_SET)) {
+		bounce(p->st, SE_SERVICE_UNAVAILABLE, NULL);
+	} else {
+		stanza_free(p->st);
+	}
+	free(p);
+}
+
+void deliver_to(const struct reg_target *t, struct stanza *st)
+{
+	struct worker *cur = worker_current();
+	if (t->w == cur) {
+		/* Same thread: the registry entry exists only while the session
+		 * does, so the pointer is good. */
+		deliver_here(t->sess, st);
+		return;
+	}
+	struct posted *p = malloc(sizeof(*p));
+	if (!p)
+		die_oom();
+	*p = (struct posted){.t = *t, .st = st};
+	loop_post(t->w->loop, deliver_posted, p);
+}
+
+void kick_session(const struct reg_target *t, const char *cond)
+{
+	struct posted *p = malloc(sizeof(*p));
+	if (!p)
+		die_oom();
+	*p = (struct posted){.t = *t, .kick = cond};
+	/* Always posted, even to our own worker: the caller is in the middle
+	 * of binding and must not see a session vanish under it. */
+	loop_post(t->w->loop, deliver_posted, p);
+}
+
+/* Delivers copies to several targets; consumes st. */
+static void deliver_many(struct stanza *st, const struct reg_target *t, size_t n)
+{
+	for (size_t i = 0; i + 1 < n; i++)
+		deliver_to(&t[i], stanza_dup(st));
+	if (n)
+		deliver_to(&t[n - 1], st);
+	else
+		stanza_free(st);
+}
+
+/* RFC 6121 §8.5.2: message or presence to a local bare JID. */
+static void route_bare(struct stanza *st, struct session *origin, struct host *h,
+		       const struct jid *bare)
+{
+	struct reg_target all[MAX_TARGETS], pick[MAX_TARGETS];
+	size_t n = registry_find_bare(bare, all, MAX_TARGETS);
+	if (n > MAX_TARGETS)
+		n = MAX_TARGETS;
+	size_t np = 0;
+	int best = -129;
+	for (size_t i = 0; i < n; i++)
+		if (all[i].available && all[i].priority >= 0 && all[i].priority > best)
+			best = all[i].priority;
+	for (size_t i = 0; i < n; i++) {
+		if (!all[i].available || all[i].priority < 0)
+			continue; /* RFC 6121 §4.7.2.3: negative priority gets no bare traffic */
+		if (st->kind == ST_MESSAGE && st->type == ST_NORMAL && all[i].priority != best)
+			continue;
+		pick[np++] = all[i];
+	}
+	(void)origin;
+	(void)h;
+	if (st->kind == ST_PRESENCE) {
+		/* Until subscriptions arrive (IM issue): directed presence goes to
+		 * every available resource. */
+		deliver_many(st, pick, np);
+		return;
+	}
+	switch (st->type) {
+	case ST_GROUPCHAT:
+		bounce(st, SE_SERVICE_UNAVAILABLE, NULL); /* §8.5.2.1.1 */
+		return;
+	case ST_ERROR:
+		stanza_free(st);
+		return;
+	case ST_HEADLINE:
+		deliver_many(st, pick, np); /* all non-negative; none: discard */
+		return;
+	default:
+		/* normal: highest priority; chat: every non-negative resource. */
+		if (np) {
+			deliver_many(st, pick, np);
+			return;
+		}
+		/* §8.5.2.2.1: no available resource. Offline storage comes with
+		 * the IM issue; until then the sender learns it was not delivered. */
+		bounce(st, SE_SERVICE_UNAVAILABLE, NULL);
+		return;
+	}
+}
+
+static void route_full(struct stanza *st, struct session *origin, struct host *h)
+{
+	struct reg_target t;
+	if (registry_find_full(&st->to, &t)) {
+		deliver_to(&t, st);
+		return;
+	}
+	/* RFC 6121 §8.5.3.2: no such resource. */
+	switch (st->kind) {
+	case ST_MESSAGE:
+		if (st->type == ST_GROUPCHAT) {
+			bounce(st, SE_SERVICE_UNAVAILABLE, NULL);
+		} else if (st->type == ST_HEADLINE || st->type == ST_ERROR) {
+			stanza_free(st);
+		} else {
+			struct jid bare;
+			jid_bare(&bare, &st->to, st->arena);
+			route_bare(st, origin, h, &bare);
+		}
+		return;
+	case ST_IQ:
+		if (st->type == ST_GET || st->type == ST_SET)
+			bounce(st, SE_SERVICE_UNAVAILABLE, NULL);
+		else
+			stanza_free(st);
+		return;
+	default:
+		stanza_free(st);
+		return;
+	}
+}
+
+/* Presence with no 'to' from a local session: its availability
+ * (RFC 6121 §4.2, §4.5). Broadcast to contacts arrives with rosters; the
+ * user's own available resources get it now (§4.2.2). */
+static void presence_broadcast(struct stanza *st, struct session *origin)
+{
+	if (!origin || (st->type != ST_AVAILABLE && st->type != ST_UNAVAILABLE)) {
+		stanza_free(st);
+		return;
+	}
+	int prio = 0;
+	struct xml_el *p = xml_child(st->el, st->el->ns, "priority");
+	if (p) {
+		long v = strtol(xml_text(st->arena, p), NULL, 10);
+		prio = v < -128 ? -128 : v > 127 ? 127 : (int)v; /* RFC 6121 §4.7.2.3 */
+	}
+	bool avail = st->type == ST_AVAILABLE;
+	origin->priority = prio;
+	if (avail)
+		origin->flags |= SF_AVAILABLE;
+	else
+		origin->flags &= ~SF_AVAILABLE;
+	registry_set_presence(&origin->jid, origin->id, avail, prio);
+	struct reg_target all[MAX_TARGETS], pick[MAX_TARGETS];
+	size_t n = registry_find_bare(&origin->jid, all, MAX_TARGETS), np = 0;
+	if (n > MAX_TARGETS)
+		n = MAX_TARGETS;
+	for (size_t i = 0; i < n; i++)
+		if (all[i].available || all[i].sess_id == origin->id)
+			pick[np++] = all[i];
+	struct jid bare;
+	jid_bare(&bare, &origin->jid, st->arena);
+	stanza_set_to(st, &bare);
+	deliver_many(st, pick, np);
+}
+
+static void handle_iq_local(struct stanza *st, struct session *origin, struct host *h,
+			    unsigned dest)
+{
+	if (st->type == ST_RESULT || st->type == ST_ERROR) {
+		stanza_free(st); /* answers to the server itself: nobody waits yet */
+		return;
+	}
+	struct xml_el *p = stanza_payload(st);
+	struct hook_ev ev = {.st = st, .origin = origin, .host = h, .dest = dest};
+	hook_fn *fn = p ? iq_handler(h, p->ns, p->name, st->type, dest) : NULL;
+	if (fn && fn(&ev) == HOOK_DONE)
+		return;
+	if (hooks_run(h, HP_IQ, &ev) == HOOK_DONE)
+		return;
+	/* RFC 6120 §8.4: nobody handles it. */
+	bounce(ev.st, SE_SERVICE_UNAVAILABLE, NULL);
+}
+
+void route(struct stanza *st, struct session *origin)
+{
+	/* Fast path: an answer to the session that asked. */
+	if (origin && st->to.len && origin->jid.s && jid_eq(&st->to, &origin->jid) &&
+	    st->kind == ST_IQ && (st->type == ST_RESULT || st->type == ST_ERROR)) {
+		session_send(origin, st);
+		return;
+	}
+	struct host *h;
+	unsigned dest;
+	if (!st->to.len) {
+		if (!origin) {
+			stanza_free(st);
+			return;
+		}
+		h = origin->host;
+		if (st->kind == ST_PRESENCE) {
+			struct hook_ev ev = {.st = st, .origin = origin, .host = h, .dest = DEST_SELF};
+			if (hooks_run(h, HP_PRESENCE, &ev) == HOOK_DONE)
+				return;
+			presence_broadcast(st, origin);
+			return;
+		}
+		/* RFC 6120 §10.3: no 'to' means the sender's own account. */
+		struct jid bare;
+		jid_bare(&bare, &origin->jid, st->arena);
+		stanza_set_to(st, &bare);
+		dest = DEST_SELF;
+	} else {
+		h = host_find(st->to.s + st->to.dom_off, st->to.dom_len);
+		if (!h) {
+			/* Server-to-server arrives with the federation issue. */
+			bounce(st, SE_REMOTE_SERVER_NOT_FOUND, NULL);
+			return;
+		}
+		if (!jid_has_local(&st->to))
+			dest = DEST_HOST;
+		else if (!jid_is_bare(&st->to))
+			dest = DEST_FULL;
+		else if (origin && origin->jid.s && jid_bare_eq(&st->to, &origin->jid))
+			dest = DEST_SELF;
+		else
+			dest = DEST_BARE;
+	}
+	struct hook_ev ev = {.st = st, .origin = origin, .host = h, .dest = dest};
+	if (st->kind == ST_MESSAGE && hooks_run(h, HP_MESSAGE, &ev) == HOOK_DONE)
+		return;
+	if (st->kind == ST_PRESENCE && hooks_run(h, HP_PRESENCE, &ev) == HOOK_DONE)
+		return;
+	switch (dest) {
+	case DEST_HOST:
+		if (st->kind == ST_IQ)
+			handle_iq_local(st, origin, h, dest);
+		else
+			stanza_free(st); /* RFC 6120 §10.4.? : the server handles it; nothing to do */
+		return;
+	case DEST_FULL:
+		route_full(st, origin, h);
+		return;
+	default:
+		if (st->kind == ST_IQ) {
+			handle_iq_local(st, origin, h, dest);
+			return;
+		}
+		route_bare(st, origin, h, &st->to);
+		return;
+	}
+}
+
+/* --- the module API --- */
+
+struct stanza *ev_result(struct hook_ev *ev)
+{
+	stanza_make_result(ev->st);
+	return ev->st;
+}
+
+void ev_send(struct hook_ev *ev)
+{
+	struct stanza *st = ev->st;
+	ev->st = NULL;
+	route(st, ev->origin);
+}
+
+void ev_error(struct hook_ev *ev, enum st_err cond, const char *text)
+{
+	struct stanza *st = ev->st;
+	ev->st = NULL;
+	if (!stanza_make_error(st, cond, text)) {
+		stanza_free(st);
+		return;
+	}
+	route(st, ev->origin);
+}
+
+void ev_reply_result(struct hook_ev *ev)
+{
+	ev_result(ev);
+	ev_send(ev);
+}

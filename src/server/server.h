@@ -1,0 +1,174 @@
+/* Server-wide structures: the server, its hosts, its workers and the
+ * sessions they own (DESIGN §3). */
+#ifndef PARLEY_SERVER_H
+#define PARLEY_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <sys/socket.h>
+
+#include "core/loop.h"
+#include "server/config.h"
+#include "server/module.h"
+#include "xmpp/jid.h"
+
+struct store;
+struct conn;
+struct xmlstream;
+struct sasl;
+typedef struct ssl_ctx_st SSL_CTX;
+
+struct iq_entry;
+
+struct host {
+	char *domain;                    /* owned */
+	_Atomic(SSL_CTX *) tls;          /* swapped on reload; old ones are kept until exit */
+	struct iq_entry **iq_table;      /* hash: (ns, name) -> handlers; read-only after start */
+	size_t iq_buckets;
+	struct {
+		const struct hook_reg *reg;
+		const struct module *mod;
+	} *hooks[HP_COUNT];              /* sorted by prio, NULL-terminated by reg == NULL */
+	size_t n_hooks[HP_COUNT];
+	const char **features;           /* disco#info features of all modules, sorted */
+	size_t n_features;
+};
+
+struct worker {
+	unsigned idx;
+	pthread_t thread;
+	struct loop *loop;
+	struct session *sessions;        /* all sessions of this worker */
+	size_t n_sessions;
+	/* Session ids are (generation << 32 | worker << 24 | slot), so a
+	 * stanza posted from another worker finds its session in O(1) and
+	 * notices when the slot was reused. */
+	struct session **slots;
+	uint32_t n_slots, cap_slots;
+	uint32_t *free_list;
+	uint32_t n_free;
+	uint32_t gen;
+	struct limits_conf limits;       /* this worker's copy; replaced on reload */
+	struct timer shutdown_timer;
+	struct io *listeners;
+	size_t n_listeners;
+	bool shutting_down;
+};
+
+struct server {
+	struct config cfg;
+	char *config_path;
+	struct host *hosts;
+	size_t n_hosts;
+	struct store *store;
+	struct worker *workers;
+	unsigned n_workers;
+	unsigned char secret[32];        /* fake SCRAM salts for unknown users */
+	SSL_CTX **old_tls;               /* replaced contexts, freed at exit */
+	size_t n_old_tls;
+	pthread_mutex_t reload_lock;
+	_Atomic unsigned limits_gen;     /* bumped on reload */
+};
+
+extern struct server *srv;
+
+/* Loads the config, opens the store, starts the workers. */
+int server_start(const char *config_path, char *err, size_t errlen);
+/* Waits for signals; returns after a clean shutdown. */
+void server_run(void);
+
+struct host *host_find(const char *domain, size_t len);
+struct worker *worker_current(void);     /* the worker running this thread, or NULL */
+
+/* --- Sessions (c2s.c) --- */
+#define SF_TLS        0x0001u
+#define SF_OPENED     0x0002u /* stream header received and answered */
+#define SF_AUTHED     0x0004u
+#define SF_BOUND      0x0008u
+#define SF_AVAILABLE  0x0010u /* sent available presence */
+#define SF_CLOSING    0x0020u
+#define SF_WAIT_STORE 0x0040u /* input paused while the store answers */
+#define SF_DIRECT_TLS 0x0080u
+#define SF_GONE       0x0100u /* connection gone; waiting for refs to drop */
+
+struct session {
+	uint64_t id;
+	struct worker *w;
+	struct conn *conn;            /* NULL once the connection is gone */
+	struct xmlstream *xs;
+	struct host *host;            /* set when the stream header names a served host */
+	unsigned flags;
+	unsigned refs;                /* async operations in flight + 1 for the conn */
+	struct jid jid;               /* full JID once bound (malloc); bare part after auth */
+	char *user;                   /* authenticated localpart (malloc) */
+	struct sasl *sasl;
+	unsigned sasl_failures;
+	int priority;
+	struct buf *inbuf;            /* input held back while paused (malloc), or NULL */
+	struct timer timer;           /* handshake / idle deadline */
+	uint64_t last_read;
+	unsigned char cb_exporter[32];
+	unsigned char cb_endpoint[64];
+	size_t cb_endpoint_len;
+	bool cb_have_exporter;
+	struct session *next, *prev;  /* worker's list */
+	char stream_id[24];
+};
+
+void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls);
+struct session *worker_session(struct worker *w, uint64_t id);   /* NULL if gone */
+void worker_shutdown(struct worker *w);
+/* Delivers a stanza to a session of this worker (consumes it). */
+void session_send(struct session *s, struct stanza *st);
+/* Closes with a stream error (RFC 6120 §4.9); cond NULL: plain close. */
+void session_close(struct session *s, const char *cond, const char *text);
+
+/* --- Registry (registry.c): who is online, shared by all workers --- */
+struct reg_target {
+	uint64_t sess_id;
+	struct worker *w;
+	struct session *sess;         /* may only be dereferenced on w */
+	int priority;
+	bool available;
+};
+
+void registry_init(void);
+/* Adds a bound resource. If the full JID is taken: with kick_old, *old
+ * receives the old session and the new one replaces it (returns 1); else
+ * returns -1 (conflict). 0 on success with no conflict. -2: too many
+ * resources for this account. */
+int registry_bind(const struct jid *full, struct session *s, bool kick_old,
+		  struct reg_target *old);
+void registry_unbind(const struct jid *full, uint64_t sess_id);
+void registry_set_presence(const struct jid *full, uint64_t sess_id, bool available, int prio);
+bool registry_find_full(const struct jid *full, struct reg_target *out);
+/* Resources of a bare JID (up to cap); returns how many there are. */
+size_t registry_find_bare(const struct jid *bare, struct reg_target *out, size_t cap);
+
+/* Delivers st to a target found in the registry, posting to its worker
+ * when needed (consumes st). If the session is gone by then, the
+ * stanza is routed again as if to the bare JID (RFC 6121 §8.5.3.2). */
+void deliver_to(const struct reg_target *t, struct stanza *st);
+
+/* Closes a session (possibly on another worker) with a stream error. */
+void kick_session(const struct reg_target *t, const char *cond);
+
+/* --- Modules (module.c) --- */
+void modules_register(struct host *h);
+void modules_unregister(struct host *h);
+/* Runs the hooks of a point; returns HOOK_DONE if one consumed ev->st. */
+enum hook_rc hooks_run(struct host *h, enum hook_point p, struct hook_ev *ev);
+/* Finds the handler for an IQ payload; NULL if none. */
+hook_fn *iq_handler(struct host *h, const char *ns, const char *name, enum st_type type,
+		    unsigned dest);
+
+/* --- TLS (tls.c) --- */
+SSL_CTX *tls_ctx_new(const struct host_conf *hc, char *err, size_t errlen);
+void tls_ctx_free(SSL_CTX *ctx);
+/* Fills the channel-binding data of an established connection. */
+void tls_channel_binding(struct session *s);
+
+#endif
