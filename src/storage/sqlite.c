@@ -4,7 +4,9 @@
 #include "storage/store.h"
 #include "storage/sqlite_job.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sqlite3.h>
@@ -487,10 +489,22 @@ struct store *store_open(const char *path, store_post_fn *post)
 	pthread_cond_init(&s->wake, NULL);
 	pthread_cond_init(&s->finished, NULL);
 
+	/* The database holds password keys: its directory is private. A
+	 * missing data directory is created (first start, quick start). */
+	char *slash = strrchr(s->path, '/');
+	if (slash && slash != s->path) {
+		*slash = 0;
+		if (mkdir(s->path, 0700) < 0 && errno != EEXIST)
+			LOG(LOG_WARN, "store: cannot create %s: %s", s->path, strerror(errno));
+		*slash = '/';
+	}
+	mode_t old_umask = umask(077);
+
 	/* NOMUTEX: only one thread uses the connection at a time (this one
 	 * until the storage thread starts, then that one). */
 	int rc = sqlite3_open_v2(
 	    path, &s->db.h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	umask(old_umask);
 	if (rc != SQLITE_OK) {
 		LOG(LOG_ERROR, "store: cannot open %s: %s", path,
 		    s->db.h ? sqlite3_errmsg(s->db.h) : sqlite3_errstr(rc));
