@@ -323,6 +323,26 @@ void conn_loop_init(struct loop *l)
 	loop_on_before_sleep(l, conn_before_sleep, NULL);
 }
 
+void conn_abort(struct conn *c)
+{
+	conn_kill(c, "aborted");
+}
+
+void conn_loop_done(void)
+{
+	cl->pending = NULL;
+	cl->dirty = NULL;
+	while (cl->dead) {
+		struct conn *c = cl->dead;
+		cl->dead = c->dead_next;
+		SSL_free(c->ssl);
+		buf_free(&c->out);
+		free(c);
+	}
+	free(cl);
+	cl = NULL;
+}
+
 static void start_tls(struct conn *c, SSL_CTX *ctx)
 {
 	/* The client speaks first (ClientHello): the handshake starts when

@@ -82,5 +82,11 @@ bool conn_is_tls(const struct conn *c);
 
 /* Installs the per-loop flush / pending / free machinery. Once per loop. */
 void conn_loop_init(struct loop *l);
+/* Drops a connection at once, without flushing (shutdown after the grace
+ * period). The closed callback runs. */
+void conn_abort(struct conn *c);
+/* Frees what the loop's connections left behind; on the loop's thread,
+ * after loop_run() returned. */
+void conn_loop_done(void);
 
 #endif

@@ -204,6 +204,14 @@ static void *worker_main(void *arg)
 			die("cannot watch listener");
 	loop_run(w->loop);
 	/* Anything still open after the grace period is simply dropped. */
+	while (w->sessions) {
+		struct session *s = w->sessions;
+		if (s->conn)
+			conn_abort(s->conn); /* on_closed unlinks s */
+		else
+			break;
+	}
+	conn_loop_done();
 	return NULL;
 }
 
@@ -355,6 +363,14 @@ void server_run(void)
 		loop_post(srv->workers[i].loop, post_shutdown, &srv->workers[i]);
 	for (unsigned i = 0; i < srv->n_workers; i++)
 		pthread_join(srv->workers[i].thread, NULL);
+	/* Stanzas still in flight between workers are dropped with them. */
+	for (unsigned i = 0; i < srv->n_workers; i++) {
+		struct worker *w = &srv->workers[i];
+		loop_free(w->loop);
+		free(w->listeners);
+		free(w->slots);
+		free(w->free_list);
+	}
 	store_close(srv->store);
 	LOG(LOG_INFO, "stopped");
 }

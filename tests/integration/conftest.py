@@ -165,3 +165,31 @@ def recv_all(sock, timeout=10):
 
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
+
+
+STREAM_HEADER = ("<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:client' "
+                 "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+
+
+def raw_login(server, user, password=PASSWORD, resource="raw"):
+    """STARTTLS + SASL PLAIN + bind on a raw socket; returns (tls socket, bytes read)."""
+    import base64
+    s = raw_connect(server.c2s)
+    s.sendall((STREAM_HEADER % DOMAIN).encode())
+    recv_until(s, b"</stream:features>")
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert b"<proceed" in recv_until(s, b"/>")
+    t = ssl.create_default_context(cafile=server.cert).wrap_socket(s, server_hostname=DOMAIN)
+    t.sendall((STREAM_HEADER % DOMAIN).encode())
+    recv_until(t, b"</stream:features>")
+    auth = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
+    t.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"
+              .encode())
+    assert b"<success" in recv_until(t, b"</success>")
+    t.sendall((STREAM_HEADER % DOMAIN).encode())
+    recv_until(t, b"</stream:features>")
+    t.sendall(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+              f"<resource>{resource}</resource></bind></iq>".encode())
+    data = recv_until(t, b"</iq>")
+    assert b"type='result'" in data, data
+    return t, data

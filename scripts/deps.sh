@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Parley needs, when they are missing.
+#   scripts/deps.sh build   - to build and run parleyd
+#   scripts/deps.sh test    - also to run every test
+# As root it runs apt-get; otherwise it prints the exact command and fails.
+set -euo pipefail
+
+build_pkgs=(gcc pkg-config meson ninja-build libssl-dev libexpat1-dev libsqlite3-dev
+	libidn2-dev libicu-dev libyaml-dev)
+test_pkgs=(libcmocka-dev python3-pytest python3-slixmpp python3-aioxmpp openssl)
+
+want=("${build_pkgs[@]}")
+if [ "${1:-build}" = test ]; then
+	want+=("${test_pkgs[@]}")
+fi
+
+missing=()
+for p in "${want[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing+=("$p")
+	fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "Parley needs these Debian packages. Install them with:" >&2
+	echo "  sudo apt-get install -y ${missing[*]}" >&2
+	exit 1
+fi
+echo "Installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y -q "${missing[@]}" >/dev/null 2>&1; then
+	apt-get update -q >/dev/null
+	apt-get install -y -q "${missing[@]}" >/dev/null
+fi
