@@ -21,6 +21,7 @@ static void usage(FILE *f)
 	      "  -c, --config FILE  configuration file (default: $PARLEY_CONFIG, else ./parley.conf)\n"
 	      "      --check        validate the configuration and certificates, then exit\n"
 	      "  -V, --version      print the version\n"
+	      "      --compliance   print docs/COMPLIANCE.md (generated from the module tables)\n"
 	      "\n"
 	      "Signals: SIGHUP reloads certificates and reloadable options; SIGTERM closes\n"
 	      "every stream (system-shutdown) and exits.\n",
@@ -63,6 +64,7 @@ int main(int argc, char **argv)
 		{"config", required_argument, NULL, 'c'},
 		{"check", no_argument, NULL, 'k'},
 		{"version", no_argument, NULL, 'V'},
+		{"compliance", no_argument, NULL, 'C'},
 		{"help", no_argument, NULL, 'h'},
 		{0},
 	};
@@ -77,6 +79,9 @@ int main(int argc, char **argv)
 			break;
 		case 'V':
 			printf("parleyd %s\n", PARLEY_VERSION);
+			return 0;
+		case 'C':
+			compliance_write(stdout);
 			return 0;
 		case 'h':
 			usage(stdout);

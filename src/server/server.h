@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <sys/socket.h>
 
@@ -164,6 +165,9 @@ enum hook_rc hooks_run(struct host *h, enum hook_point p, struct hook_ev *ev);
 /* Finds the handler for an IQ payload; NULL if none. */
 hook_fn *iq_handler(struct host *h, const char *ns, const char *name, enum st_type type,
 		    unsigned dest);
+
+/* docs/COMPLIANCE.md (compliance.c). */
+void compliance_write(FILE *f);
 
 /* --- TLS (tls.c) --- */
 SSL_CTX *tls_ctx_new(const struct host_conf *hc, char *err, size_t errlen);
