@@ -109,10 +109,10 @@ def macro_auth(user, where):
         ("C", HEADER.encode(), where),
         ("S", expectation(SERVER_HEADER + "<stream:features><mechanisms "
                           "xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{any}<mechanism>PLAIN"
-                          "</mechanism></mechanisms>{any}</stream:features>", where), where),
+                          "</mechanism>{any}</mechanisms>{any}</stream:features>", where), where),
         ("C", f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}"
               "</auth>".encode(), where),
-        ("S", expectation("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", where), where),
+        ("S", expectation("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>", where), where),
         ("C", HEADER.encode(), where),
         ("S", expectation(SERVER_HEADER + "<stream:features><bind "
                           "xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>{any}</stream:features>",

@@ -27,7 +27,9 @@
  *
  * Passwords are used as given (no SASLprep/OpaqueString): the tests use
  * ASCII passwords, for which preparation changes nothing. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
