@@ -13,6 +13,7 @@
 #include "core/buf.h"
 #include "core/conn.h"
 #include "core/log.h"
+#include "server/throttle.h"
 #include "storage/store.h"
 #include "xml/xmlstream.h"
 #include "xmpp/base64.h"
@@ -286,6 +287,65 @@ static void sasl_send_data(struct session *s, const char *elname, const struct b
 
 static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data);
 
+/* Input held back while we waited (store, throttling) is processed now. */
+static void resume_input(struct session *s)
+{
+	s->flags &= ~SF_WAIT_STORE;
+	if (!s->conn)
+		return;
+	conn_pause(s->conn, false);
+	if (s->inbuf && buf_pending(s->inbuf)) {
+		struct buf *in = s->inbuf;
+		s->inbuf = NULL;
+		process_input(s, buf_head(in), buf_pending(in));
+		buf_free(in);
+		free(in);
+	}
+}
+
+static void pause_input(struct session *s)
+{
+	s->flags |= SF_WAIT_STORE;
+	conn_pause(s->conn, true);
+	request(s, PA_WAIT);
+}
+
+static void delay_fire(struct timer *t)
+{
+	struct session *s = t->ud;
+	if (s->conn && !(s->flags & SF_CLOSING)) {
+		sasl_failure(s, s->delay_cond);
+		resume_input(s);
+	}
+	session_unref(s);
+}
+
+/* A failed login: counted per IP and per account (throttle.c). Past the
+ * account's limit the answer is held back, which slows a distributed
+ * guess at one account without locking its owner out; an unknown account
+ * is counted the same way, so the delay tells nothing either. */
+static void auth_failed(struct session *s, const char *cond)
+{
+	uint64_t now = loop_now(s->w->loop);
+	throttle_fail(s->conn->peer_ip, now);
+	const char *user = s->sasl ? sasl_authcid(s->sasl) : NULL;
+	unsigned limit = s->w->limits.auth_failures_per_account;
+	if (user && limit && s->host) {
+		char key[JID_PART_MAX * 2 + 8];
+		snprintf(key, sizeof(key), "acct:%s@%s", user, s->host->domain);
+		unsigned n = throttle_fail(key, now);
+		if (n > limit) {
+			uint64_t ms = 1000u * (n - limit);
+			s->delay_cond = cond;
+			s->refs++;
+			pause_input(s);
+			loop_timer_set(s->w->loop, &s->delay, ms > 5000 ? 5000 : ms);
+			return;
+		}
+	}
+	sasl_failure(s, cond);
+}
+
 static void creds_done(void *ud, int rc, const struct scram_creds *creds)
 {
 	struct session *s = ud;
@@ -305,17 +365,8 @@ static void creds_done(void *ud, int rc, const struct scram_creds *creds)
 			pending_action = PA_NONE;
 		}
 		buf_free(&data);
-		s->flags &= ~SF_WAIT_STORE;
-		if (s->conn && s->inbuf && buf_pending(s->inbuf)) {
-			struct buf *in = s->inbuf;
-			s->inbuf = NULL;
-			conn_pause(s->conn, false);
-			process_input(s, buf_head(in), buf_pending(in));
-			buf_free(in);
-			free(in);
-		} else if (s->conn) {
-			conn_pause(s->conn, false);
-		}
+		if (!timer_armed(&s->delay))
+			resume_input(s);
 	}
 	session_unref(s);
 }
@@ -327,10 +378,8 @@ static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data)
 		sasl_send_data(s, "challenge", data);
 		return;
 	case SASL_NEED_CREDS:
-		s->flags |= SF_WAIT_STORE;
 		s->refs++;
-		conn_pause(s->conn, true);
-		request(s, PA_WAIT);
+		pause_input(s);
 		store_user_get_creds(srv->store, s->w->loop, s->host->domain, sasl_authcid(s->sasl),
 				     creds_done, s);
 		return;
@@ -367,7 +416,7 @@ static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data)
 		LOGS(LOG_INFO, s->id, "authentication failed for '%s' from %s: %s",
 		     s->sasl && sasl_authcid(s->sasl) ? sasl_authcid(s->sasl) : "",
 		     s->conn ? s->conn->peer_ip : "?", sasl_condition(s->sasl));
-		sasl_failure(s, sasl_condition(s->sasl));
+		auth_failed(s, sasl_condition(s->sasl));
 		return;
 	}
 }
@@ -413,6 +462,15 @@ static void handle_sasl(struct session *s, struct xml_el *el, struct arena *a)
 			.secret_len = sizeof(srv->secret),
 			.fake_iterations = (int)srv->cfg.scram_iterations,
 		};
+		unsigned ip_limit = s->w->limits.auth_failures_per_ip;
+		if (ip_limit &&
+		    throttle_count(s->conn->peer_ip, loop_now(s->w->loop)) >= ip_limit) {
+			/* RFC 6120 §6.5.12: try again later. */
+			LOGS(LOG_INFO, s->id, "too many failed logins from %s: refused for now",
+			     s->conn->peer_ip);
+			sasl_failure(s, "temporary-auth-failure");
+			return;
+		}
 		s->sasl = mech ? sasl_new(mech, &ctx) : NULL;
 		if (!s->sasl) {
 			sasl_failure(s, "invalid-mechanism");
@@ -806,6 +864,10 @@ static void on_closed(struct conn *c, const char *reason)
 	s->conn = NULL;
 	s->flags |= SF_GONE;
 	loop_timer_cancel(w->loop, &s->timer);
+	if (timer_armed(&s->delay)) {
+		loop_timer_cancel(w->loop, &s->delay);
+		s->refs--; /* the delay's reference; the conn's is dropped below */
+	}
 	if (s->flags & SF_BOUND)
 		registry_unbind(&s->jid, s->id);
 	/* Unlink from the worker. */
@@ -865,6 +927,7 @@ void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, b
 	apply_limits(s);
 	s->last_read = loop_now(w->loop);
 	timer_init(&s->timer, session_timer, s);
+	timer_init(&s->delay, delay_fire, s);
 	if (direct_tls)
 		s->flags |= SF_TLS | SF_DIRECT_TLS;
 	s->next = w->sessions;

@@ -261,6 +261,16 @@ static const struct opt opts[] = {
      .reloadable = true,
      .doc = "Failed authentications allowed per IP address per minute before that "
 	    "address must wait; 0 removes the limit (test setups only)."},
+    {.name = "limits.auth_failures_per_account",
+     .type = OPT_UINT,
+     .off = OFF(limits.auth_failures_per_account),
+     .def = 5,
+     .min = 0,
+     .max = 10000,
+     .reloadable = true,
+     .doc = "Failed authentications per account per minute (from anywhere) after which "
+	    "each further failure for it is answered only after a delay; the account is "
+	    "never locked, so its owner can still log in. 0 removes the limit."},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 

@@ -32,6 +32,7 @@ struct limits_conf {
 	unsigned idle_timeout;        /* seconds without any byte from the peer */
 	size_t out_queue_bytes;       /* queued output per session before it is closed */
 	unsigned auth_failures_per_ip;  /* per minute, then wait */
+	unsigned auth_failures_per_account; /* per minute, then failures are delayed */
 };
 
 struct config {

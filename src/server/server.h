@@ -110,6 +110,8 @@ struct session {
 	int priority;
 	struct buf *inbuf;            /* input held back while paused (malloc), or NULL */
 	struct timer timer;           /* handshake / idle deadline */
+	struct timer delay;           /* a SASL failure held back (throttling) */
+	const char *delay_cond;
 	uint64_t last_read;
 	unsigned char cb_exporter[32];
 	unsigned char cb_endpoint[64];

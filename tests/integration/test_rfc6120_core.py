@@ -188,3 +188,76 @@ def test_sigterm_closes_streams(server):
     assert got.endswith(b"</stream:stream>")
     server.proc.wait(timeout=10)
     assert server.proc.returncode == 0
+
+
+def plain_attempt(server, user, password, source_ip="127.0.0.1"):
+    """One PLAIN attempt over STARTTLS from source_ip; returns (server reply, seconds)."""
+    import base64
+    import socket
+    import ssl
+    from conftest import STREAM_HEADER
+    s = socket.create_connection(("127.0.0.1", server.c2s), timeout=10,
+                                 source_address=(source_ip, 0))
+    s.sendall((STREAM_HEADER % DOMAIN).encode())
+    recv_until(s, b"</stream:features>")
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    recv_until(s, b"/>")
+    t = ssl.create_default_context(cafile=server.cert).wrap_socket(s, server_hostname=DOMAIN)
+    t.sendall((STREAM_HEADER % DOMAIN).encode())
+    recv_until(t, b"</stream:features>")
+    auth = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
+    start = time.monotonic()
+    t.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"
+              .encode())
+    reply = b""
+    t.settimeout(15)
+    while not (b"</failure>" in reply or b"</success>" in reply or b"<success/>" in reply):
+        chunk = t.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    elapsed = time.monotonic() - start
+    t.close()
+    return reply, elapsed
+
+
+def test_failed_logins_throttled_per_ip(tmp_path):
+    srv = Server(str(tmp_path), extra="limits.auth_failures_per_ip: 3\n"
+                                      "limits.auth_failures_per_account: 0")
+    srv.adduser("alice")
+    srv.start()
+    try:
+        for _ in range(3):
+            reply, _ = plain_attempt(srv, "alice", "wrong")
+            assert b"<not-authorized/>" in reply
+        # this address must now wait, even with the right password
+        reply, _ = plain_attempt(srv, "alice", "correct horse battery staple")
+        assert b"<temporary-auth-failure/>" in reply
+        # the legitimate user elsewhere is not affected
+        reply, _ = plain_attempt(srv, "alice", "correct horse battery staple", "127.0.0.2")
+        assert b"<success" in reply
+    finally:
+        assert srv.stop() == 0
+
+
+def test_failed_logins_delayed_per_account(tmp_path):
+    srv = Server(str(tmp_path), extra="limits.auth_failures_per_ip: 0\n"
+                                      "limits.auth_failures_per_account: 2")
+    srv.adduser("alice")
+    srv.start()
+    try:
+        for i in range(2):  # a distributed guess: a new address each time
+            reply, took = plain_attempt(srv, "alice", "wrong", f"127.0.1.{i + 1}")
+            assert b"<not-authorized/>" in reply and took < 0.9
+        reply, took = plain_attempt(srv, "alice", "wrong", "127.0.1.9")
+        assert b"<not-authorized/>" in reply and took >= 0.9  # held back
+        # an unknown account is treated alike (no enumeration by timing)
+        for i in range(2):
+            plain_attempt(srv, "nobody", "wrong", f"127.0.2.{i + 1}")
+        reply2, took2 = plain_attempt(srv, "nobody", "wrong", "127.0.2.9")
+        assert reply2 == reply and took2 >= 0.9
+        # the owner is never locked out
+        reply, took = plain_attempt(srv, "alice", "correct horse battery staple", "127.0.1.20")
+        assert b"<success" in reply
+    finally:
+        assert srv.stop() == 0

@@ -1,0 +1,87 @@
+#include "server/throttle.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <string.h>
+
+#define THROTTLE_SLOTS 8192
+#define PROBES         8
+
+struct slot {
+	uint64_t hash;       /* 0: empty */
+	uint64_t window_start;
+	unsigned count;
+};
+
+static struct slot slots[THROTTLE_SLOTS];
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t seed;
+
+/* FNV-1a with a per-process seed: keys are attacker-chosen (IPs, user
+ * names), so collisions must not be predictable. A collision only merges
+ * two counters, which errs on the side of throttling. */
+static uint64_t key_hash(const char *k)
+{
+	if (!seed)
+		seed = 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)&lock;
+	uint64_t h = 0xcbf29ce484222325ull ^ seed;
+	for (; *k; k++) {
+		h ^= (unsigned char)*k;
+		h *= 0x100000001b3ull;
+	}
+	return h ? h : 1;
+}
+
+static struct slot *find(uint64_t h, uint64_t now, int create)
+{
+	size_t base = h % THROTTLE_SLOTS;
+	struct slot *victim = NULL;
+	for (size_t i = 0; i < PROBES; i++) {
+		struct slot *s = &slots[(base + i) % THROTTLE_SLOTS];
+		if (s->hash == h) {
+			if (now - s->window_start >= THROTTLE_WINDOW_MS) {
+				s->window_start = now;
+				s->count = 0;
+			}
+			return s;
+		}
+		bool expired = !s->hash || now - s->window_start >= THROTTLE_WINDOW_MS;
+		if (expired && !victim)
+			victim = s;
+	}
+	if (!create)
+		return NULL;
+	if (!victim) {
+		/* Full neighbourhood: reuse the oldest window. */
+		victim = &slots[base];
+		for (size_t i = 1; i < PROBES; i++) {
+			struct slot *s = &slots[(base + i) % THROTTLE_SLOTS];
+			if (s->window_start < victim->window_start)
+				victim = s;
+		}
+	}
+	victim->hash = h;
+	victim->window_start = now;
+	victim->count = 0;
+	return victim;
+}
+
+unsigned throttle_count(const char *key, uint64_t now_ms)
+{
+	uint64_t h = key_hash(key);
+	pthread_mutex_lock(&lock);
+	struct slot *s = find(h, now_ms, 0);
+	unsigned n = s ? s->count : 0;
+	pthread_mutex_unlock(&lock);
+	return n;
+}
+
+unsigned throttle_fail(const char *key, uint64_t now_ms)
+{
+	uint64_t h = key_hash(key);
+	pthread_mutex_lock(&lock);
+	struct slot *s = find(h, now_ms, 1);
+	unsigned n = ++s->count;
+	pthread_mutex_unlock(&lock);
+	return n;
+}
