@@ -29,6 +29,7 @@ struct conn_loop {
 static __thread struct conn_loop *cl;
 
 static void conn_io(struct io *io, uint32_t events);
+static void update_events(struct conn *c);
 
 /* --- TCP --- */
 static ssize_t tcp_read(struct conn *c, char *p, size_t n)
@@ -69,7 +70,10 @@ static ssize_t tls_result(struct conn *c, int ok, size_t done, const char *what)
 	case SSL_ERROR_WANT_READ:
 		return -EAGAIN;
 	case SSL_ERROR_WANT_WRITE:
-		c->flags |= CONN_TLS_READ_WANTS_WRITE;
+		/* OpenSSL must write before it can go on (a read that answers a
+		 * KeyUpdate, say): wait for writability, then read again. */
+		c->flags |= CONN_TLS_READ_WANTS_WRITE | CONN_WANT_WRITE;
+		update_events(c);
 		return -EAGAIN;
 	case SSL_ERROR_ZERO_RETURN:
 		return 0;
@@ -164,8 +168,14 @@ static void update_events(struct conn *c)
 /* Returns false if the connection died. */
 static bool conn_flush(struct conn *c)
 {
-	if (c->flags & CONN_HANDSHAKE)
+	if (c->flags & CONN_HANDSHAKE) {
+		/* A stream closed during the handshake has nothing to flush. */
+		if (c->flags & CONN_CLOSING) {
+			conn_kill(c, c->close_reason);
+			return false;
+		}
 		return true; /* handshake first; the queue waits */
+	}
 	while (buf_pending(&c->out)) {
 		size_t n = buf_pending(&c->out);
 		if (n > 65536)
@@ -183,13 +193,12 @@ static bool conn_flush(struct conn *c)
 		buf_consume(&c->out, (size_t)r);
 	}
 	buf_shrink(&c->out);
-	if (c->flags & CONN_WANT_WRITE) {
+	if ((c->flags & CONN_WANT_WRITE) && !(c->flags & CONN_TLS_READ_WANTS_WRITE)) {
 		c->flags &= ~CONN_WANT_WRITE;
 		update_events(c);
 	}
 	if (c->flags & CONN_CLOSING) {
-		if (c->ssl && !(c->flags & CONN_HANDSHAKE))
-			shutdown(c->io.fd, SHUT_WR);
+		/* conn_kill sends the TLS close_notify before closing. */
 		conn_kill(c, c->close_reason);
 		return false;
 	}
@@ -266,9 +275,12 @@ static void conn_io(struct io *io, uint32_t events)
 			return;
 	}
 	if (events & EPOLLOUT) {
+		bool read_again = c->flags & CONN_TLS_READ_WANTS_WRITE;
 		c->flags &= ~CONN_TLS_READ_WANTS_WRITE;
 		if (!conn_flush(c))
 			return;
+		if (read_again)
+			events |= EPOLLIN;
 	}
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
 		conn_read(c);

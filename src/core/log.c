@@ -7,13 +7,13 @@
 #include <time.h>
 #include <unistd.h>
 
-enum log_level log_threshold = LOG_INFO;
+_Atomic int log_threshold = LOG_INFO;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void log_set_level(enum log_level l)
 {
-	log_threshold = l;
+	log_threshold = (int)l;
 }
 
 int log_level_parse(const char *s, enum log_level *out)

@@ -7,7 +7,8 @@
 
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
-extern enum log_level log_threshold;
+/* Written by the main thread on reload, read by every thread. */
+extern _Atomic int log_threshold;
 
 void log_set_level(enum log_level l);
 int log_level_parse(const char *s, enum log_level *out);   /* 0 or -1 */
@@ -17,7 +18,7 @@ void log_sess(enum log_level l, uint64_t sess_id, const char *fmt, ...)
 _Noreturn void die_oom(void);
 _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-#define log_enabled(l) ((l) <= log_threshold)
+#define log_enabled(l) ((int)(l) <= log_threshold)
 #define LOG(l, ...)                                                                                \
 	do {                                                                                       \
 		if (log_enabled(l))                                                                \

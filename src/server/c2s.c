@@ -31,6 +31,7 @@ static __thread enum pause_action pending_action;
 static __thread bool in_feed; /* inside xmlstream_feed: the XML layer can pause */
 
 static void session_unref(struct session *s);
+static void session_unregister(struct session *s);
 static void process_input(struct session *s, const char *p, size_t n);
 
 /* Asks the XML layer to stop after the current element; process_input()
@@ -44,19 +45,24 @@ static void request(struct session *s, enum pause_action a)
 
 /* --- output --- */
 
-static struct buf *out(struct session *s)
-{
-	return s->conn ? conn_wbuf(s->conn) : NULL;
-}
-
 static void check_queue(struct session *s)
 {
 	/* A reader that does not read must not make us buffer without bound. */
-	if (s->conn && conn_queued(s->conn) > s->w->limits.out_queue_bytes) {
+	if (s->conn && conn_queued(s->conn) > s->w->conf.limits.out_queue_bytes) {
 		LOGS(LOG_INFO, s->id, "output queue over %zu bytes: closing",
-		     s->w->limits.out_queue_bytes);
+		     s->w->conf.limits.out_queue_bytes);
+		s->flags |= SF_CLOSING;
 		conn_close(s->conn, "output queue full");
+		session_unregister(s);
 	}
+}
+
+/* Every write goes through here: past the output limit there is no buffer
+ * (the one write that crosses it is the most we hold beyond it). */
+static struct buf *out(struct session *s)
+{
+	check_queue(s);
+	return s->conn ? conn_wbuf(s->conn) : NULL;
 }
 
 static void send_raw(struct session *s, const char *str)
@@ -110,11 +116,34 @@ static void send_header(struct session *s, const char *to_attr)
 	s->flags |= SF_OPENED;
 }
 
+#define CLOSE_DEADLINE_MS 5000
+
+/* The session stops being reachable: its contacts and other resources
+ * learn it is gone (RFC 6121 §4.5.3), and stanzas for it are routed as
+ * if it never existed (RFC 6121 §8.5.3.2) instead of dropped. */
+static void session_unregister(struct session *s)
+{
+	if (!(s->flags & SF_BOUND) || (s->flags & SF_UNBOUND))
+		return;
+	if (s->flags & SF_AVAILABLE) {
+		struct stanza *st = stanza_new(ST_PRESENCE, "unavailable");
+		stanza_set_from(st, &s->jid);
+		route(st, s);
+		s->flags &= ~SF_AVAILABLE;
+	}
+	s->flags |= SF_UNBOUND;
+	registry_unbind(&s->jid, s->id);
+}
+
 void session_close(struct session *s, const char *cond, const char *text)
 {
 	if (!s->conn || (s->flags & SF_CLOSING))
 		return;
+	session_unregister(s);
 	s->flags |= SF_CLOSING;
+	/* A peer that never reads or never finishes its handshake must not
+	 * keep the socket: after the deadline it is dropped. */
+	loop_timer_set(s->w->loop, &s->timer, CLOSE_DEADLINE_MS);
 	/* RFC 6120 §4.9.1.2: an error on the initial header still needs our header. */
 	if (!(s->flags & SF_OPENED))
 		send_header(s, NULL);
@@ -141,16 +170,16 @@ static void send_features(struct session *s)
 	struct buf *b = out(s);
 	if (!b)
 		return;
-	const struct limits_conf *lim = &s->w->limits;
+	const struct limits_conf *lim = &s->w->conf.limits;
 	buf_adds(b, "<stream:features>");
 	if (!(s->flags & SF_TLS)) {
 		buf_adds(b, "<starttls xmlns='" NS_TLS "'>");
-		if (srv->cfg.c2s_require_encryption)
+		if (s->w->conf.require_encryption)
 			buf_adds(b, "<required/>");
 		buf_adds(b, "</starttls>");
 	}
 	if (!(s->flags & SF_AUTHED) &&
-	    ((s->flags & SF_TLS) || !srv->cfg.c2s_require_encryption)) {
+	    ((s->flags & SF_TLS) || !s->w->conf.require_encryption)) {
 		/* RFC 6120 §5.3.1: while TLS is mandatory-to-negotiate we offer
 		 * nothing else before it. */
 		struct sasl_cbind cb = {0};
@@ -165,7 +194,7 @@ static void send_features(struct session *s)
 			}
 		}
 		const char *mechs[16];
-		size_t n = sasl_mechanisms(s->flags & SF_TLS, &cb, srv->cfg.sasl_plain, mechs, 16);
+		size_t n = sasl_mechanisms(s->flags & SF_TLS, &cb, s->w->conf.sasl_plain, mechs, 16);
 		buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
 		for (size_t i = 0; i < n; i++)
 			buf_printf(b, "<mechanism>%s</mechanism>", mechs[i]);
@@ -198,7 +227,7 @@ static void send_features(struct session *s)
 
 static void apply_limits(struct session *s)
 {
-	const struct limits_conf *l = &s->w->limits;
+	const struct limits_conf *l = &s->w->conf.limits;
 	struct xs_limits xl = {
 		.max_stanza_bytes = (s->flags & SF_AUTHED) ? l->stanza_bytes : l->stanza_bytes_preauth,
 		.max_depth = l->xml_depth,
@@ -220,6 +249,11 @@ static void session_timer(struct timer *t)
 	struct session *s = t->ud;
 	if (!s->conn)
 		return;
+	if (s->flags & SF_CLOSING) {
+		LOGS(LOG_DEBUG, s->id, "close deadline passed: dropping the connection");
+		conn_abort(s->conn);
+		return;
+	}
 	uint64_t now = loop_now(s->w->loop);
 	if (!(s->flags & SF_BOUND)) {
 		/* Handshake deadline: TLS, SASL and bind must be done by now. */
@@ -227,7 +261,7 @@ static void session_timer(struct timer *t)
 		session_close(s, "connection-timeout", NULL);
 		return;
 	}
-	uint64_t idle_ms = (uint64_t)s->w->limits.idle_timeout * 1000u;
+	uint64_t idle_ms = (uint64_t)s->w->conf.limits.idle_timeout * 1000u;
 	if (now - s->last_read >= idle_ms) {
 		LOGS(LOG_INFO, s->id, "idle timeout");
 		session_close(s, "connection-timeout", NULL);
@@ -259,7 +293,7 @@ static void sasl_failure(struct session *s, const char *cond)
 	struct buf *b = out(s);
 	if (b)
 		buf_printf(b, "<failure xmlns='" NS_SASL "'><%s/></failure>", cond);
-	if (strcmp(cond, "aborted") && ++s->sasl_failures >= SASL_MAX_FAILURES) {
+	if (++s->sasl_failures >= SASL_MAX_FAILURES) {
 		/* RFC 6120 §6.4.5: too many retries: policy-violation. */
 		session_close(s, "policy-violation", "Too many failed authentication attempts");
 	}
@@ -329,7 +363,7 @@ static void auth_failed(struct session *s, const char *cond)
 	uint64_t now = loop_now(s->w->loop);
 	throttle_fail(s->conn->peer_ip, now);
 	const char *user = s->sasl ? sasl_authcid(s->sasl) : NULL;
-	unsigned limit = s->w->limits.auth_failures_per_account;
+	unsigned limit = s->w->conf.limits.auth_failures_per_account;
 	if (user && limit && s->host) {
 		char key[JID_PART_MAX * 2 + 8];
 		snprintf(key, sizeof(key), "acct:%s@%s", user, s->host->domain);
@@ -427,18 +461,13 @@ static void handle_sasl(struct session *s, struct xml_el *el, struct arena *a)
 		session_close(s, "policy-violation", "Already authenticated");
 		return;
 	}
-	if (!(s->flags & SF_TLS) && srv->cfg.c2s_require_encryption) {
-		struct buf *b = out(s);
-		if (b)
-			buf_adds(b, "<failure xmlns='" NS_SASL "'><encryption-required/></failure>");
+	if (!(s->flags & SF_TLS) && s->w->conf.require_encryption) {
+		sasl_failure(s, "encryption-required");
 		return;
 	}
 	if (!strcmp(el->name, "abort")) {
 		/* RFC 6120 §6.4.4 */
-		if (s->sasl)
-			sasl_failure(s, "aborted");
-		else
-			send_raw(s, "<failure xmlns='" NS_SASL "'><aborted/></failure>");
+		sasl_failure(s, "aborted");
 		return;
 	}
 	bool is_auth = !strcmp(el->name, "auth");
@@ -457,12 +486,12 @@ static void handle_sasl(struct session *s, struct xml_el *el, struct arena *a)
 		struct sasl_ctx ctx = {
 			.tls = s->flags & SF_TLS,
 			.cb = &cb,
-			.allow_plain = srv->cfg.sasl_plain,
+			.allow_plain = s->w->conf.sasl_plain,
 			.server_secret = srv->secret,
 			.secret_len = sizeof(srv->secret),
-			.fake_iterations = (int)srv->cfg.scram_iterations,
+			.fake_iterations = (int)s->w->conf.scram_iterations,
 		};
-		unsigned ip_limit = s->w->limits.auth_failures_per_ip;
+		unsigned ip_limit = s->w->conf.limits.auth_failures_per_ip;
 		if (ip_limit &&
 		    throttle_count(s->conn->peer_ip, loop_now(s->w->loop)) >= ip_limit) {
 			/* RFC 6120 §6.5.12: try again later. */
@@ -553,7 +582,7 @@ static void handle_bind(struct session *s, struct stanza *st)
 		return;
 	}
 	struct reg_target old;
-	int rc = registry_bind(&full, s, srv->cfg.resource_conflict == CONFLICT_KICK_OLD, &old);
+	int rc = registry_bind(&full, s, s->w->conf.conflict == CONFLICT_KICK_OLD, &old);
 	if (rc == -1 || rc == -2) {
 		jid_free(&full);
 		/* RFC 6120 §7.7.2.2 conflict; §7.6.2.1 resource-constraint */
@@ -576,10 +605,27 @@ static void handle_bind(struct session *s, struct stanza *st)
 	send_el(s, st->el);
 	stanza_free(st);
 	/* From now on the idle timeout applies. */
-	loop_timer_set(s->w->loop, &s->timer, (uint64_t)s->w->limits.idle_timeout * 1000u);
+	loop_timer_set(s->w->loop, &s->timer, (uint64_t)s->w->conf.limits.idle_timeout * 1000u);
 }
 
 /* --- stream callbacks --- */
+
+/* RFC 6120 §4.7.5: "major.minor", each an integer (leading zeros
+ * ignored); we accept any 1.x and answer 1.0. */
+static bool version_ok(const char *v)
+{
+	if (!v)
+		return false;
+	const char *dot = strchr(v, '.');
+	if (!dot || dot == v || !dot[1])
+		return false;
+	for (const char *p = v; *p; p++)
+		if (p != dot && (*p < '0' || *p > '9'))
+			return false;
+	while (*v == '0' && v + 1 < dot)
+		v++;
+	return dot - v == 1 && *v == '1';
+}
 
 static void on_open(void *ud, const struct xml_el *hdr, const char *default_ns)
 {
@@ -612,8 +658,9 @@ static void on_open(void *ud, const struct xml_el *hdr, const char *default_ns)
 		session_close(s, "host-unknown", NULL); /* RFC 6120 §4.9.3.6 */
 		return;
 	}
-	if (!version || strcmp(version, "1.0")) {
-		/* RFC 6120 §4.7.5: we speak 1.0 only. */
+	if (!version_ok(version)) {
+		/* RFC 6120 §4.7.5: no version means pre-1.0, which we do not
+		 * speak; a higher minor version gets our 1.0 answer. */
 		session_close(s, "unsupported-version", NULL);
 		return;
 	}
@@ -811,7 +858,7 @@ static void on_data(struct conn *c, const char *p, size_t n)
 			if (!s->inbuf)
 				die_oom();
 		}
-		if (buf_pending(s->inbuf) + n > s->w->limits.stanza_bytes_preauth * 2) {
+		if (buf_pending(s->inbuf) + n > s->w->conf.limits.stanza_bytes_preauth * 2) {
 			session_close(s, "policy-violation", NULL);
 			return;
 		}
@@ -868,8 +915,7 @@ static void on_closed(struct conn *c, const char *reason)
 		loop_timer_cancel(w->loop, &s->delay);
 		s->refs--; /* the delay's reference; the conn's is dropped below */
 	}
-	if (s->flags & SF_BOUND)
-		registry_unbind(&s->jid, s->id);
+	session_unregister(s);
 	/* Unlink from the worker. */
 	if (s->prev)
 		s->prev->next = s->next;
@@ -952,5 +998,5 @@ void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, b
 	}
 	LOGS(LOG_DEBUG, s->id, "connection from %s on worker %u%s", s->conn->peer_ip, w->idx,
 	     direct_tls ? " (direct TLS)" : "");
-	loop_timer_set(w->loop, &s->timer, (uint64_t)w->limits.handshake_timeout * 1000u);
+	loop_timer_set(w->loop, &s->timer, (uint64_t)w->conf.limits.handshake_timeout * 1000u);
 }

@@ -36,9 +36,33 @@ struct posted {
 	const char *kick;
 };
 
+static void route_full(struct stanza *st, struct session *origin, struct host *h);
+
+/* The chosen session went away (or is closing) before the stanza reached
+ * it: route it again by the rules for an address with no session
+ * (RFC 6121 §8.5.3.2 for a full JID, §8.5.2 for a bare one). The registry
+ * no longer lists that session, so this cannot pick it again. */
+static void reroute(struct stanza *st)
+{
+	struct host *h = st->to.len ? host_find(st->to.s + st->to.dom_off, st->to.dom_len) : NULL;
+	if (!h) {
+		stanza_free(st);
+		return;
+	}
+	if (!jid_is_bare(&st->to))
+		route_full(st, NULL, h);
+	else if (st->kind == ST_IQ)
+		bounce(st, SE_SERVICE_UNAVAILABLE, NULL);
+	else
+		route_bare(st, NULL, h, &st->to);
+}
+
 static void deliver_here(struct session *s, struct stanza *st)
 {
-	session_send(s, st);
+	if (s && s->conn && (s->flags & SF_BOUND) && !(s->flags & (SF_CLOSING | SF_UNBOUND)))
+		session_send(s, st);
+	else
+		reroute(st);
 }
 
 static void deliver_posted(void *arg)
@@ -52,23 +76,7 @@ static void deliver_posted(void *arg)
 		free(p);
 		return;
 	}
-	if (s && s->conn && (s->flags & SF_BOUND)) {
-		deliver_here(s, p->st);
-	} else if (p->st->kind == ST_MESSAGE && p->st->to.len) {
-		/* The session went away in flight: RFC 6121 §8.5.3.2.1, a
-		 * message to a full JID that is gone is treated as if sent to
-		 * the bare JID. */
-		struct host *h = host_find(p->st->to.s + p->st->to.dom_off, p->st->to.dom_len);
-		struct jid bare;
-		if (h && jid_bare(&bare, &p->st->to, p->st->arena) == 0 && !jid_is_bare(&p->st->to))
-			route_bare(p->st, NULL, h, &bare);
-		else
-			bounce(p->st, SE_SERVICE_UNAVAILABLE, NULL);
-	} else if (p->st->kind == ST_IQ && (p->st->type == ST_GET || p->st->type == ST_SET)) {
-		bounce(p->st, SE_SERVICE_UNAVAILABLE, NULL);
-	} else {
-		stanza_free(p->st);
-	}
+	deliver_here(s, p->st);
 	free(p);
 }
 

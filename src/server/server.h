@@ -24,6 +24,17 @@ typedef struct ssl_ctx_st SSL_CTX;
 
 struct iq_entry;
 
+/* The reloadable options, copied into each worker (SIGHUP posts a new
+ * copy), so workers never read a config that the main thread replaces. */
+struct worker_conf {
+	struct limits_conf limits;
+	bool require_encryption;
+	bool sasl_plain;
+	enum conflict_policy conflict;
+	unsigned scram_iterations;
+};
+void worker_conf_from(struct worker_conf *wc, const struct config *c);
+
 struct host {
 	char *domain;                    /* owned */
 	_Atomic(SSL_CTX *) tls;          /* swapped on reload; old ones are kept until exit */
@@ -52,7 +63,7 @@ struct worker {
 	uint32_t *free_list;
 	uint32_t n_free;
 	uint32_t gen;
-	struct limits_conf limits;       /* this worker's copy; replaced on reload */
+	struct worker_conf conf;         /* this worker's copy; replaced on reload */
 	struct timer shutdown_timer;
 	struct io *listeners;
 	size_t n_listeners;
@@ -94,6 +105,7 @@ struct worker *worker_current(void);     /* the worker running this thread, or N
 #define SF_WAIT_STORE 0x0040u /* input paused while the store answers */
 #define SF_DIRECT_TLS 0x0080u
 #define SF_GONE       0x0100u /* connection gone; waiting for refs to drop */
+#define SF_UNBOUND    0x0200u /* removed from the registry (closing) */
 
 struct session {
 	uint64_t id;

@@ -50,7 +50,15 @@ struct listener {
 	struct io io;
 	struct worker *w;
 	enum listener_kind kind;
+	struct timer retry;   /* out of descriptors: listen again later */
 };
+
+static void listener_retry(struct timer *t)
+{
+	struct listener *l = t->ud;
+	if (!l->w->shutting_down && loop_io_add(l->w->loop, &l->io, IO_READ) < 0)
+		LOG(LOG_ERROR, "cannot watch a listener again");
+}
 
 static void on_accept(struct io *io, uint32_t events)
 {
@@ -61,8 +69,14 @@ static void on_accept(struct io *io, uint32_t events)
 		socklen_t pl = sizeof(peer);
 		int fd = accept4(io->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE)
-				LOG(LOG_WARN, "accept: out of file descriptors");
+			if (errno == EMFILE || errno == ENFILE) {
+				/* The listener is level-triggered: stop watching it for a
+				 * second rather than spin on a connection we cannot take. */
+				LOG(LOG_WARN, "accept: out of file descriptors; pausing accepts for 1 s");
+				loop_io_del(l->w->loop, io);
+				timer_init(&l->retry, listener_retry, l);
+				loop_timer_set(l->w->loop, &l->retry, 1000);
+			}
 			return;
 		}
 		int one = 1;
@@ -164,13 +178,17 @@ void worker_shutdown(struct worker *w)
 	w->shutting_down = true;
 	struct listener *ls = (struct listener *)w->listeners;
 	for (size_t i = 0; i < w->n_listeners; i++) {
+		if (ls[i].retry.cb)
+			loop_timer_cancel(w->loop, &ls[i].retry);
 		loop_io_del(w->loop, &ls[i].io);
 		close(ls[i].io.fd);
 	}
 	w->n_listeners = 0;
 	/* RFC 6120 §4.9.3.19: tell every client why the stream ends. */
-	for (struct session *s = w->sessions; s; s = s->next)
+	for (struct session *s = w->sessions, *next; s; s = next) {
+		next = s->next;
 		session_close(s, "system-shutdown", NULL);
+	}
 	timer_init(&w->shutdown_timer, shutdown_timeout, w);
 	loop_timer_set(w->loop, &w->shutdown_timer, SHUTDOWN_GRACE_MS);
 }
@@ -180,15 +198,24 @@ static void post_shutdown(void *arg)
 	worker_shutdown(arg);
 }
 
+void worker_conf_from(struct worker_conf *wc, const struct config *c)
+{
+	wc->limits = c->limits;
+	wc->require_encryption = c->c2s_require_encryption;
+	wc->sasl_plain = c->sasl_plain;
+	wc->conflict = c->resource_conflict;
+	wc->scram_iterations = c->scram_iterations;
+}
+
 struct reload_msg {
 	struct worker *w;
-	struct limits_conf limits;
+	struct worker_conf conf;
 };
 
 static void post_reload(void *arg)
 {
 	struct reload_msg *m = arg;
-	m->w->limits = m->limits;
+	m->w->conf = m->conf;
 	free(m);
 }
 
@@ -287,7 +314,7 @@ int server_start(const char *config_path, char *err, size_t errlen)
 		struct worker *w = &srv->workers[i];
 		w->idx = i;
 		w->loop = loop_new();
-		w->limits = srv->cfg.limits;
+		worker_conf_from(&w->conf, &srv->cfg);
 		if (worker_listen(w, err, errlen) < 0)
 			return -1;
 	}
@@ -334,7 +361,7 @@ static void server_reload(void)
 		if (!m)
 			die_oom();
 		m->w = &srv->workers[i];
-		m->limits = cfg.limits;
+		worker_conf_from(&m->conf, &cfg);
 		loop_post(srv->workers[i].loop, post_reload, m);
 	}
 	LOG(LOG_INFO, "configuration and certificates reloaded from %s", srv->config_path);
@@ -363,7 +390,9 @@ void server_run(void)
 		loop_post(srv->workers[i].loop, post_shutdown, &srv->workers[i]);
 	for (unsigned i = 0; i < srv->n_workers; i++)
 		pthread_join(srv->workers[i].thread, NULL);
-	/* Stanzas still in flight between workers are dropped with them. */
+	/* The store first: its last completions are posted to the worker
+	 * loops, which run them (on this thread) when they are freed. */
+	store_close(srv->store);
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		struct worker *w = &srv->workers[i];
 		loop_free(w->loop);
@@ -371,6 +400,10 @@ void server_run(void)
 		free(w->slots);
 		free(w->free_list);
 	}
-	store_close(srv->store);
+	/* Replaced TLS contexts were kept alive for accepts in progress. */
+	for (size_t i = 0; i < srv->n_old_tls; i++)
+		tls_ctx_free(srv->old_tls[i]);
+	for (size_t i = 0; i < srv->n_hosts; i++)
+		tls_ctx_free(atomic_load(&srv->hosts[i].tls));
 	LOG(LOG_INFO, "stopped");
 }

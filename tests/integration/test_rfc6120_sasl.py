@@ -285,23 +285,24 @@ def plain(user, password, authzid=""):
     return f"{authzid}\0{user}\0{password}".encode()
 
 
-def scram_start(raw, mech, user):
+def scram_start(raw, mech, user, gs2="n,,"):
     """Sends client-first; returns (client-first-bare, server-first, fields)."""
     cnonce = secrets.token_urlsafe(18)
     bare = f"n={user},r={cnonce}"
-    server_first = challenge_data(raw.auth(mech, b"n,," + bare.encode())).decode()
+    server_first = challenge_data(raw.auth(mech, gs2.encode() + bare.encode())).decode()
+    raw.gs2 = gs2.encode()
     fields = dict(f.split("=", 1) for f in server_first.split(","))
     assert fields["r"].startswith(cnonce) and len(fields["r"]) > len(cnonce), server_first
     return bare, server_first, fields
 
 
-def scram_finish(raw, mech, bare, server_first, fields, password):
+def scram_finish(raw, mech, bare, server_first, fields, password, cb_data=b""):
     """Sends client-final with a proof from password; returns the answer."""
-    h = HASHES[mech]
+    h = HASHES[mech.replace("-PLUS", "")]
     salted = hashlib.pbkdf2_hmac(h, password.encode(), base64.b64decode(fields["s"]),
                                  int(fields["i"]))
     client_key = hmac.digest(salted, b"Client Key", h)
-    without_proof = f"c={base64.b64encode(b'n,,').decode()},r={fields['r']}"
+    without_proof = f"c={base64.b64encode(raw.gs2 + cb_data).decode()},r={fields['r']}"
     auth_msg = f"{bare},{server_first},{without_proof}".encode()
     sig = hmac.digest(hashlib.new(h, client_key).digest(), auth_msg, h)
     proof = bytes(a ^ b for a, b in zip(client_key, sig))
@@ -319,6 +320,82 @@ def test_raw_scram_success_carries_server_signature(server, mech):
     m = re.search(rb"<success[^>]*>([^<]+)</success>", answer)
     assert m, answer
     assert base64.b64decode(m.group(1)) == b"v=" + base64.b64encode(server_sig)
+    raw.close()
+
+
+def openssl_cert(server, kind):
+    """Replaces the server's certificate with one signed with another hash."""
+    if kind == "ec-p256-sha256":
+        return hashlib.sha256
+    key = {"ec-p384-sha384": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-sha384"],
+           "rsa-sha512": ["-newkey", "rsa:2048", "-sha512"],
+           "rsa-sha1": ["-newkey", "rsa:2048", "-sha1"]}[kind]
+    subprocess.run(["openssl", "req", "-x509", *key, "-nodes", "-keyout", server.key,
+                    "-out", server.cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    text = subprocess.run(["openssl", "x509", "-in", server.cert, "-noout", "-text"],
+                          check=True, capture_output=True, text=True).stdout
+    algo = re.search(r"Signature Algorithm: (\S+)", text).group(1).lower()
+    # RFC 5929 §4.1: the certificate's signature hash; MD5 and SHA-1 become SHA-256.
+    for name, fn in [("sha512", hashlib.sha512), ("sha384", hashlib.sha384),
+                     ("sha256", hashlib.sha256), ("sha1", hashlib.sha256)]:
+        if name in algo:
+            return fn
+    raise AssertionError(algo)
+
+
+@pytest.mark.parametrize("kind", ["ec-p256-sha256", "ec-p384-sha384", "rsa-sha512", "rsa-sha1"])
+def test_raw_tls_server_end_point(server, kind):
+    """The binding data computed here independently of the server and of
+    scram-client (which share the way to pick the hash)."""
+    hash_fn = openssl_cert(server, kind)
+    server.adduser("alice")
+    server.start()
+    for direct in (False, True):
+        raw = Raw(server, direct=direct)
+        assert b"<channel-binding type='tls-server-end-point'/>" in raw.features
+        cb_data = hash_fn(raw.sock.getpeercert(binary_form=True)).digest()
+        mech = "SCRAM-SHA-256-PLUS"
+        start = scram_start(raw, mech, "alice", gs2="p=tls-server-end-point,,")
+        answer, _ = scram_finish(raw, mech, *start, PASSWORD, cb_data=cb_data)
+        assert answer.startswith(b"<success"), (kind, answer)
+        raw.close()
+
+
+@pytest.mark.parametrize("gs2", ["n,,", "y,,"])
+def test_scram_in_the_clear_when_tls_optional(optional_tls_server, gs2):
+    """Without TLS there is no binding to offer: no -PLUS, and 'y' is
+    right (RFC 5802 §6), so it must not be refused."""
+    server = optional_tls_server
+    server.adduser("alice")
+    server.start()
+    raw = Raw(server, tls=False)
+    assert failure_condition(raw.auth("SCRAM-SHA-256-PLUS", b"p=tls-exporter,,n=alice,r=abc")) \
+        == "invalid-mechanism"
+    answer, sig = scram_finish(raw, "SCRAM-SHA-256",
+                               *scram_start(raw, "SCRAM-SHA-256", "alice", gs2=gs2), PASSWORD)
+    m = re.search(rb"<success[^>]*>([^<]+)</success>", answer)
+    assert m and base64.b64decode(m.group(1)) == b"v=" + base64.b64encode(sig), answer
+    raw.close()
+
+
+def test_scram_without_initial_response(server):
+    """RFC 6120 §6.4.2: no initial response: an empty challenge first."""
+    server.adduser("alice")
+    server.start()
+    raw = Raw(server)
+    raw.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'/>".encode())
+    empty = raw.sasl_answer()
+    assert re.fullmatch(rb"<challenge xmlns='" + NS_SASL.encode() +
+                        rb"'\s*(/>|>=?</challenge>)", empty), empty
+    cnonce = "fyko+d2lbbFgONRv9qkxdawL"
+    bare = f"n=alice,r={cnonce}"
+    server_first = challenge_data(raw.response(b"n,," + bare.encode())).decode()
+    raw.gs2 = b"n,,"
+    fields = dict(f.split("=", 1) for f in server_first.split(","))
+    assert fields["r"].startswith(cnonce)
+    answer, _ = scram_finish(raw, "SCRAM-SHA-256", bare, server_first, fields, PASSWORD)
+    assert answer.startswith(b"<success"), answer
     raw.close()
 
 

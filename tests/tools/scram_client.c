@@ -51,13 +51,13 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
-#define HOST "localhost"
-#define IO_TIMEOUT_S 10
+#define HOST		"localhost"
+#define IO_TIMEOUT_S	10
 #define TOTAL_TIMEOUT_S 60
-#define INBUF_MAX (256 * 1024)
-#define MAX_ITERATIONS 10000000
-#define CB_MAX 64 /* longest binding data: a SHA-512 digest */
-#define NS_SASL "urn:ietf:params:xml:ns:xmpp-sasl"
+#define INBUF_MAX	(256 * 1024)
+#define MAX_ITERATIONS	10000000
+#define CB_MAX		64 /* longest binding data: a SHA-512 digest */
+#define NS_SASL		"urn:ietf:params:xml:ns:xmpp-sasl"
 
 struct opts {
 	int port;
@@ -68,8 +68,8 @@ struct opts {
 struct conn {
 	int fd;
 	SSL_CTX *ctx;
-	SSL *ssl;       /* NULL until TLS is up */
-	char *in;       /* received, not yet consumed; NUL-terminated */
+	SSL *ssl; /* NULL until TLS is up */
+	char *in; /* received, not yet consumed; NUL-terminated */
 	size_t len;
 };
 
@@ -93,8 +93,7 @@ static void fail(const char *fmt, ...)
 
 /* --- base64 (RFC 4648 §4), strict --- */
 
-static const char b64chars[] =
-	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 static char *b64_encode(const unsigned char *in, size_t n)
 {
@@ -315,7 +314,7 @@ static int read_element(struct conn *c, const char *const *names, const char **t
 /* Opens a stream and reads its features; the caller frees the result. */
 static char *open_stream(struct conn *c)
 {
-	static const char *const features[] = { "stream:features", NULL };
+	static const char *const features[] = {"stream:features", NULL};
 	const char *tag, *end;
 
 	conn_write(c, "<?xml version='1.0'?><stream:stream to='" HOST "' xmlns='jabber:client' "
@@ -414,9 +413,9 @@ static const EVP_MD *scram_md(const char *mech, bool *plus)
 	static const struct {
 		const char *name;
 		const EVP_MD *(*md)(void);
-	} m[] = { { "SCRAM-SHA-1", EVP_sha1 },
-		  { "SCRAM-SHA-256", EVP_sha256 },
-		  { "SCRAM-SHA-512", EVP_sha512 } };
+	} m[] = {{"SCRAM-SHA-1", EVP_sha1},
+		 {"SCRAM-SHA-256", EVP_sha256},
+		 {"SCRAM-SHA-512", EVP_sha512}};
 
 	for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
 		size_t n = strlen(m[i].name);
@@ -472,7 +471,7 @@ enum sasl_answer { ANS_CHALLENGE, ANS_SUCCESS, ANS_FAILURE };
  * added), length in *len. A <failure/> ends the program. */
 static enum sasl_answer read_sasl(struct conn *c, char *out, size_t cap, size_t *len)
 {
-	static const char *const names[] = { "challenge", "success", "failure", NULL };
+	static const char *const names[] = {"challenge", "success", "failure", NULL};
 	const char *tag, *end;
 	int i = read_element(c, names, &tag, &end);
 
@@ -520,8 +519,8 @@ static void auth_plain(struct conn *c, const struct opts *o)
 {
 	char msg[4096], buf[1024];
 	size_t len;
-	int n = snprintf(msg, sizeof msg, "%s%c%s%c%s", o->authzid ? o->authzid : "", 0, o->user,
-			 0, o->password);
+	int n = snprintf(msg, sizeof msg, "%s%c%s%c%s", o->authzid ? o->authzid : "", 0, o->user, 0,
+			 o->password);
 
 	if (n < 0 || (size_t)n >= sizeof msg)
 		fail("arguments-too-long");
@@ -536,8 +535,8 @@ static void auth_scram(struct conn *c, const struct opts *o, const EVP_MD *md, b
 	size_t hl = (size_t)EVP_MD_get_size(md);
 	unsigned char rnd[24], cb[CB_MAX], salt[256];
 	unsigned char salted[EVP_MAX_MD_SIZE], client_key[EVP_MAX_MD_SIZE],
-		stored_key[EVP_MAX_MD_SIZE], client_sig[EVP_MAX_MD_SIZE], proof[EVP_MAX_MD_SIZE],
-		server_key[EVP_MAX_MD_SIZE], server_sig[EVP_MAX_MD_SIZE], got_sig[EVP_MAX_MD_SIZE];
+	    stored_key[EVP_MAX_MD_SIZE], client_sig[EVP_MAX_MD_SIZE], proof[EVP_MAX_MD_SIZE],
+	    server_key[EVP_MAX_MD_SIZE], server_sig[EVP_MAX_MD_SIZE], got_sig[EVP_MAX_MD_SIZE];
 	char gs2[512], first[4096], server_first[4096], final[8192], authmsg[16384], in[4096];
 	size_t cb_len = 0, in_len;
 	char *cnonce, *user = saslname(o->user), *az = o->authzid ? saslname(o->authzid) : NULL;
@@ -592,8 +591,8 @@ static void auth_scram(struct conn *c, const struct opts *o, const EVP_MD *md, b
 		fail("auth-message-too-long");
 
 	/* RFC 5802 §3 */
-	if (PKCS5_PBKDF2_HMAC(o->password, (int)strlen(o->password), salt, (int)salt_len,
-			      (int)iter, md, (int)hl, salted) != 1)
+	if (PKCS5_PBKDF2_HMAC(o->password, (int)strlen(o->password), salt, (int)salt_len, (int)iter,
+			      md, (int)hl, salted) != 1)
 		fail("pbkdf2");
 	hmac(md, salted, hl, "Client Key", 10, client_key);
 	if (EVP_Digest(client_key, hl, stored_key, NULL, md, NULL) != 1)
@@ -606,7 +605,7 @@ static void auth_scram(struct conn *c, const struct opts *o, const EVP_MD *md, b
 	char *p64 = b64_encode(proof, hl);
 	size_t fl = strlen(final);
 	snprintf(final + fl, sizeof final - fl, ",p=%s", p64);
-	send_sasl(c, "response", NULL, (unsigned char *)final, strlen(final));
+	send_sasl(c, "response", NULL, (unsigned char *) final, strlen(final));
 
 	/* server-final-message = verifier; RFC 6120 §6.3.10 puts it in
 	 * <success/>, an older style in a last <challenge/>. */
@@ -643,7 +642,7 @@ static void auth_scram(struct conn *c, const struct opts *o, const EVP_MD *md, b
 
 static void bind_and_ping(struct conn *c)
 {
-	static const char *const iq[] = { "iq", NULL };
+	static const char *const iq[] = {"iq", NULL};
 	const char *tag, *end;
 	char *f = open_stream(c);
 
@@ -742,7 +741,8 @@ static void print_list(const char *label, const char *features, const char *pare
 	const char *e = p ? element_end(p, parent) : NULL;
 
 	fputs(label, stderr);
-	for (const char *t = p ? find_tag(p, child) : NULL; t && t < e; t = find_tag(t + 1, child)) {
+	for (const char *t = p ? find_tag(p, child) : NULL; t && t < e;
+	     t = find_tag(t + 1, child)) {
 		char *v = attr ? attr_value(t, "type") : element_text(t);
 		fprintf(stderr, " %s", v ? v : "?");
 		free(v);
@@ -753,9 +753,9 @@ static void print_list(const char *label, const char *features, const char *pare
 int main(int argc, char **argv)
 {
 	struct opts o;
-	struct conn c = { .fd = -1, .in = calloc(1, 1) };
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	struct timeval tv = { .tv_sec = IO_TIMEOUT_S };
+	struct conn c = {.fd = -1, .in = calloc(1, 1)};
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	struct timeval tv = {.tv_sec = IO_TIMEOUT_S};
 	bool plus = false;
 	const EVP_MD *md = NULL;
 
@@ -787,7 +787,7 @@ int main(int argc, char **argv)
 		tls_start(&c, &o);
 	} else {
 		/* RFC 6120 §5.4.2 */
-		static const char *const proceed[] = { "proceed", "failure", NULL };
+		static const char *const proceed[] = {"proceed", "failure", NULL};
 		const char *tag, *end;
 		char *f = open_stream(&c);
 		if (!find_tag(f, "starttls"))
