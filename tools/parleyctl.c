@@ -337,14 +337,16 @@ static int prompt_no_echo(const char *prompt, char *buf, size_t cap)
 	struct termios t = saved_tty;
 	int n;
 
-	fputs(prompt, stderr);
-	fflush(stderr);
+	/* Echo goes off before the prompt appears: whatever is typed after
+	 * the prompt must neither be shown nor flushed away. */
 	t.c_lflag &= ~(tcflag_t)ECHO;
 	t.c_lflag |= ECHONL;
 	tty_altered = 1;
 	tcsetattr(STDIN_FILENO, TCSAFLUSH, &t);
+	fputs(prompt, stderr);
+	fflush(stderr);
 	n = read_line(buf, cap);
-	tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_tty);
+	tcsetattr(STDIN_FILENO, TCSANOW, &saved_tty);
 	tty_altered = 0;
 	return n;
 }

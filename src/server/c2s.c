@@ -424,9 +424,9 @@ static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data)
 			struct jid az;
 			char bare[JID_PART_MAX * 2 + 2];
 			snprintf(bare, sizeof(bare), "%s@%s", sasl_authcid(s->sasl), s->host->domain);
-			bool ok = jid_parse(&az, authzid, strlen(authzid), NULL) == 0;
-			ok = ok && jid_is_bare(&az) && !strcmp(az.s, bare);
-			if (ok)
+			bool parsed = jid_parse(&az, authzid, strlen(authzid), NULL) == 0;
+			bool ok = parsed && jid_is_bare(&az) && !strcmp(az.s, bare);
+			if (parsed)
 				jid_free(&az);
 			if (!ok) {
 				sasl_failure(s, "invalid-authzid");
