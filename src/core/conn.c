@@ -11,7 +11,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#define READ_CHUNK 16384
+#define READ_CHUNK     16384
 #define READS_PER_WAKE 8 /* fairness: then the conn goes on the pending list */
 
 struct conn_ops {

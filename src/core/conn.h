@@ -38,24 +38,24 @@ struct conn {
 	SSL *ssl;
 	struct buf out;
 	const struct conn_handler *h;
-	void *ud;                   /* upper layer (the session) */
-	struct conn *dirty_next;    /* on the loop's flush list */
-	struct conn *pend_next;     /* on the list of TLS conns with SSL_pending() > 0 */
-	struct conn *dead_next;     /* on the list of conns to free */
+	void *ud;		 /* upper layer (the session) */
+	struct conn *dirty_next; /* on the loop's flush list */
+	struct conn *pend_next;	 /* on the list of TLS conns with SSL_pending() > 0 */
+	struct conn *dead_next;	 /* on the list of conns to free */
 	struct sockaddr_storage peer;
 	char peer_ip[46];
 	uint32_t flags;
 	const char *close_reason;
 };
 
-#define CONN_CLOSING     0x01u /* conn_close called: stop reading, flush, free */
-#define CONN_DIRTY       0x02u
-#define CONN_PAUSED      0x04u /* reading paused */
-#define CONN_TLS         0x08u /* TLS active (or handshaking) */
-#define CONN_HANDSHAKE   0x10u
-#define CONN_PENDING     0x20u
-#define CONN_WANT_WRITE  0x40u /* write blocked: EPOLLOUT armed */
-#define CONN_DEAD        0x80u /* socket is done: no more I/O */
+#define CONN_CLOSING		  0x01u /* conn_close called: stop reading, flush, free */
+#define CONN_DIRTY		  0x02u
+#define CONN_PAUSED		  0x04u /* reading paused */
+#define CONN_TLS		  0x08u /* TLS active (or handshaking) */
+#define CONN_HANDSHAKE		  0x10u
+#define CONN_PENDING		  0x20u
+#define CONN_WANT_WRITE		  0x40u /* write blocked: EPOLLOUT armed */
+#define CONN_DEAD		  0x80u /* socket is done: no more I/O */
 #define CONN_TLS_READ_WANTS_WRITE 0x100u
 
 /* Wraps an accepted, non-blocking fd and starts watching it. tls_ctx

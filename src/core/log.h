@@ -11,10 +11,10 @@ enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 extern _Atomic int log_threshold;
 
 void log_set_level(enum log_level l);
-int log_level_parse(const char *s, enum log_level *out);   /* 0 or -1 */
+int log_level_parse(const char *s, enum log_level *out); /* 0 or -1 */
 void log_msg(enum log_level l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_sess(enum log_level l, uint64_t sess_id, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 _Noreturn void die_oom(void);
 _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

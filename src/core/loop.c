@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_EVENTS 256
+#define MAX_EVENTS	256
 #define MAX_SLEEP_HOOKS 8
 
 struct post_node {

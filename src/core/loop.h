@@ -18,19 +18,19 @@ typedef void io_cb(struct io *io, uint32_t events);
 typedef void timer_cb(struct timer *t);
 typedef void post_fn(void *arg);
 
-#define IO_READ  0x001u /* EPOLLIN */
+#define IO_READ	 0x001u /* EPOLLIN */
 #define IO_WRITE 0x004u /* EPOLLOUT */
 
 struct io {
 	int fd;
-	uint32_t events;    /* currently watched */
+	uint32_t events; /* currently watched */
 	io_cb *cb;
 	void *ud;
 };
 
 struct timer {
-	uint64_t when;      /* ms, loop clock */
-	size_t idx;         /* position in the heap, or SIZE_MAX when not armed */
+	uint64_t when; /* ms, loop clock */
+	size_t idx;    /* position in the heap, or SIZE_MAX when not armed */
 	timer_cb *cb;
 	void *ud;
 	struct loop *loop;
@@ -38,8 +38,8 @@ struct timer {
 
 struct loop *loop_new(void);
 void loop_free(struct loop *l);
-void loop_run(struct loop *l);   /* until loop_stop() */
-void loop_stop(struct loop *l);  /* from the loop's own thread */
+void loop_run(struct loop *l);	/* until loop_stop() */
+void loop_stop(struct loop *l); /* from the loop's own thread */
 
 int loop_io_add(struct loop *l, struct io *io, uint32_t events);
 int loop_io_mod(struct loop *l, struct io *io, uint32_t events);
@@ -53,8 +53,8 @@ static inline bool timer_armed(const struct timer *t)
 	return t->idx != SIZE_MAX;
 }
 
-uint64_t loop_now(struct loop *l);   /* ms, monotonic, cached per iteration */
-uint64_t clock_ms(void);             /* uncached monotonic ms */
+uint64_t loop_now(struct loop *l); /* ms, monotonic, cached per iteration */
+uint64_t clock_ms(void);	   /* uncached monotonic ms */
 
 /* Thread-safe: runs fn(arg) on l's thread soon. Never fails (aborts on OOM). */
 void loop_post(struct loop *l, post_fn *fn, void *arg);

@@ -55,14 +55,14 @@ static enum hook_rc disco_items(struct hook_ev *ev)
 }
 
 static const struct iq_reg disco_iqs[] = {
-	{NS_DISCO_INFO, "query", IQ_GET, DEST_HOST | DEST_SELF, disco_info},
-	{NS_DISCO_ITEMS, "query", IQ_GET, DEST_HOST | DEST_SELF, disco_items},
-	{0},
+    {NS_DISCO_INFO, "query", IQ_GET, DEST_HOST | DEST_SELF, disco_info},
+    {NS_DISCO_ITEMS, "query", IQ_GET, DEST_HOST | DEST_SELF, disco_items},
+    {0},
 };
 
 const struct module mod_disco = {
-	.name = "disco",
-	.features = (const char *const[]){NS_DISCO_INFO, NS_DISCO_ITEMS, NULL},
-	.iqs = disco_iqs,
-	.xeps = (const struct xep_ref[]){{30, "2.5rc3", "partial"}, {0}},
+    .name = "disco",
+    .features = (const char *const[]){NS_DISCO_INFO, NS_DISCO_ITEMS, NULL},
+    .iqs = disco_iqs,
+    .xeps = (const struct xep_ref[]){{30, "2.5rc3", "partial"}, {0}},
 };

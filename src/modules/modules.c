@@ -4,8 +4,8 @@
 extern const struct module mod_disco, mod_ping, mod_version;
 
 const struct module *const parley_modules[] = {
-	&mod_disco,
-	&mod_ping,
-	&mod_version,
-	NULL,
+    &mod_disco,
+    &mod_ping,
+    &mod_version,
+    NULL,
 };

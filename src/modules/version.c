@@ -26,13 +26,13 @@ static enum hook_rc version(struct hook_ev *ev)
 }
 
 static const struct iq_reg version_iqs[] = {
-	{NS_VERSION, "query", IQ_GET, DEST_HOST, version},
-	{0},
+    {NS_VERSION, "query", IQ_GET, DEST_HOST, version},
+    {0},
 };
 
 const struct module mod_version = {
-	.name = "version",
-	.features = (const char *const[]){NS_VERSION, NULL},
-	.iqs = version_iqs,
-	.xeps = (const struct xep_ref[]){{92, "1.1", "complete"}, {0}},
+    .name = "version",
+    .features = (const char *const[]){NS_VERSION, NULL},
+    .iqs = version_iqs,
+    .xeps = (const struct xep_ref[]){{92, "1.1", "complete"}, {0}},
 };

@@ -21,7 +21,7 @@
 #include "xmpp/sasl/sasl.h"
 
 #define SASL_MAX_FAILURES 3 /* RFC 6120 §6.4.5: then the stream is closed */
-#define MAX_SASL_BYTES    16384
+#define MAX_SASL_BYTES	  16384
 
 enum pause_action { PA_NONE, PA_STARTTLS, PA_RESTART, PA_WAIT };
 
@@ -178,8 +178,7 @@ static void send_features(struct session *s)
 			buf_adds(b, "<required/>");
 		buf_adds(b, "</starttls>");
 	}
-	if (!(s->flags & SF_AUTHED) &&
-	    ((s->flags & SF_TLS) || !s->w->conf.require_encryption)) {
+	if (!(s->flags & SF_AUTHED) && ((s->flags & SF_TLS) || !s->w->conf.require_encryption)) {
 		/* RFC 6120 §5.3.1: while TLS is mandatory-to-negotiate we offer
 		 * nothing else before it. */
 		struct sasl_cbind cb = {0};
@@ -194,7 +193,8 @@ static void send_features(struct session *s)
 			}
 		}
 		const char *mechs[16];
-		size_t n = sasl_mechanisms(s->flags & SF_TLS, &cb, s->w->conf.sasl_plain, mechs, 16);
+		size_t n =
+		    sasl_mechanisms(s->flags & SF_TLS, &cb, s->w->conf.sasl_plain, mechs, 16);
 		buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
 		for (size_t i = 0; i < n; i++)
 			buf_printf(b, "<mechanism>%s</mechanism>", mechs[i]);
@@ -229,13 +229,13 @@ static void apply_limits(struct session *s)
 {
 	const struct limits_conf *l = &s->w->conf.limits;
 	struct xs_limits xl = {
-		.max_stanza_bytes = (s->flags & SF_AUTHED) ? l->stanza_bytes : l->stanza_bytes_preauth,
-		.max_depth = l->xml_depth,
-		.max_attrs = l->xml_attrs,
-		.max_attr_len = l->xml_attr_len,
-		.max_text_len = l->xml_text_len,
-		.max_children = l->xml_children,
-		.max_header_bytes = 4096,
+	    .max_stanza_bytes = (s->flags & SF_AUTHED) ? l->stanza_bytes : l->stanza_bytes_preauth,
+	    .max_depth = l->xml_depth,
+	    .max_attrs = l->xml_attrs,
+	    .max_attr_len = l->xml_attr_len,
+	    .max_text_len = l->xml_text_len,
+	    .max_children = l->xml_children,
+	    .max_header_bytes = 4096,
 	};
 	if (xl.max_attr_len > xl.max_stanza_bytes)
 		xl.max_attr_len = xl.max_stanza_bytes;
@@ -423,7 +423,8 @@ static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data)
 			/* RFC 6120 §6.3.8: we only allow the account itself. */
 			struct jid az;
 			char bare[JID_PART_MAX * 2 + 2];
-			snprintf(bare, sizeof(bare), "%s@%s", sasl_authcid(s->sasl), s->host->domain);
+			snprintf(bare, sizeof(bare), "%s@%s", sasl_authcid(s->sasl),
+				 s->host->domain);
 			bool parsed = jid_parse(&az, authzid, strlen(authzid), NULL) == 0;
 			bool ok = parsed && jid_is_bare(&az) && !strcmp(az.s, bare);
 			if (parsed)
@@ -484,12 +485,12 @@ static void handle_sasl(struct session *s, struct xml_el *el, struct arena *a)
 		struct sasl_cbind cb;
 		sasl_cbind_of(s, &cb);
 		struct sasl_ctx ctx = {
-			.tls = s->flags & SF_TLS,
-			.cb = &cb,
-			.allow_plain = s->w->conf.sasl_plain,
-			.server_secret = srv->secret,
-			.secret_len = sizeof(srv->secret),
-			.fake_iterations = (int)s->w->conf.scram_iterations,
+		    .tls = s->flags & SF_TLS,
+		    .cb = &cb,
+		    .allow_plain = s->w->conf.sasl_plain,
+		    .server_secret = srv->secret,
+		    .secret_len = sizeof(srv->secret),
+		    .fake_iterations = (int)s->w->conf.scram_iterations,
 		};
 		unsigned ip_limit = s->w->conf.limits.auth_failures_per_ip;
 		if (ip_limit &&
@@ -669,8 +670,8 @@ static void on_open(void *ud, const struct xml_el *hdr, const char *default_ns)
 
 static void handle_stanza(struct session *s, struct xml_el *el, struct arena *a)
 {
-	if (strcmp(el->ns, NS_CLIENT) ||
-	    (strcmp(el->name, "message") && strcmp(el->name, "presence") && strcmp(el->name, "iq"))) {
+	if (strcmp(el->ns, NS_CLIENT) || (strcmp(el->name, "message") &&
+					  strcmp(el->name, "presence") && strcmp(el->name, "iq"))) {
 		arena_free(a);
 		session_close(s, "unsupported-stanza-type", NULL); /* RFC 6120 §4.9.3.22 */
 		return;
@@ -793,12 +794,18 @@ static const struct xs_callbacks xs_cb = {on_open, on_element, on_close};
 static const char *xs_condition(enum xs_error e)
 {
 	switch (e) {
-	case XS_ERR_RESTRICTED_XML: return "restricted-xml";
-	case XS_ERR_POLICY: return "policy-violation";
-	case XS_ERR_ENCODING: return "unsupported-encoding";
-	case XS_ERR_INVALID_NS: return "invalid-namespace";
-	case XS_ERR_MEMORY: return "resource-constraint";
-	default: return "bad-format";
+	case XS_ERR_RESTRICTED_XML:
+		return "restricted-xml";
+	case XS_ERR_POLICY:
+		return "policy-violation";
+	case XS_ERR_ENCODING:
+		return "unsupported-encoding";
+	case XS_ERR_INVALID_NS:
+		return "invalid-namespace";
+	case XS_ERR_MEMORY:
+		return "resource-constraint";
+	default:
+		return "bad-format";
 	}
 }
 
@@ -813,7 +820,8 @@ static void process_input(struct session *s, const char *p, size_t n)
 			enum xs_error e = xmlstream_error(s->xs);
 			LOGS(LOG_INFO, s->id, "XML error from %s: %s", s->conn->peer_ip,
 			     xmlstream_error_text(s->xs));
-			session_close(s, xs_condition(e), e == XS_ERR_POLICY ? xmlstream_error_text(s->xs) : NULL);
+			session_close(s, xs_condition(e),
+				      e == XS_ERR_POLICY ? xmlstream_error_text(s->xs) : NULL);
 			return;
 		}
 		p += r;
@@ -981,8 +989,8 @@ void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, b
 		w->sessions->prev = s;
 	w->sessions = s;
 	w->n_sessions++;
-	s->conn = conn_accept(w->loop, fd, peer, direct_tls ? atomic_load(&srv->hosts[0].tls) : NULL,
-			      &c2s_handler, s);
+	s->conn = conn_accept(w->loop, fd, peer,
+			      direct_tls ? atomic_load(&srv->hosts[0].tls) : NULL, &c2s_handler, s);
 	if (!s->conn) {
 		LOG(LOG_WARN, "could not watch an accepted connection");
 		s->flags |= SF_GONE;

@@ -13,43 +13,43 @@
 #include "core/log.h"
 
 struct host_conf {
-	char *domain;      /* normalized (IDNA2008, lowercase) */
-	char *cert_file;   /* absolute path */
-	char *key_file;    /* absolute path */
+	char *domain;	 /* normalized (IDNA2008, lowercase) */
+	char *cert_file; /* absolute path */
+	char *key_file;	 /* absolute path */
 };
 
 enum conflict_policy { CONFLICT_KICK_OLD, CONFLICT_REFUSE_NEW };
 
 struct limits_conf {
-	size_t stanza_bytes;          /* after authentication */
-	size_t stanza_bytes_preauth;  /* before authentication */
+	size_t stanza_bytes;	     /* after authentication */
+	size_t stanza_bytes_preauth; /* before authentication */
 	unsigned xml_depth;
 	unsigned xml_attrs;
 	size_t xml_attr_len;
 	size_t xml_text_len;
 	unsigned xml_children;
-	unsigned handshake_timeout;   /* seconds: TCP accept to authenticated */
-	unsigned idle_timeout;        /* seconds without any byte from the peer */
-	size_t out_queue_bytes;       /* queued output per session before it is closed */
-	unsigned auth_failures_per_ip;  /* per minute, then wait */
+	unsigned handshake_timeout;	    /* seconds: TCP accept to authenticated */
+	unsigned idle_timeout;		    /* seconds without any byte from the peer */
+	size_t out_queue_bytes;		    /* queued output per session before it is closed */
+	unsigned auth_failures_per_ip;	    /* per minute, then wait */
 	unsigned auth_failures_per_account; /* per minute, then failures are delayed */
 };
 
 struct config {
-	char *path;            /* absolute path of the file */
-	char *dir;             /* its directory */
-	char *data_dir;        /* absolute */
-	char *store_path;      /* absolute: the SQLite database */
+	char *path;	  /* absolute path of the file */
+	char *dir;	  /* its directory */
+	char *data_dir;	  /* absolute */
+	char *store_path; /* absolute: the SQLite database */
 	enum log_level log_level;
-	unsigned workers;      /* 0: one per core */
-	char **interfaces;     /* addresses to listen on; "*" means all (IPv4 and IPv6) */
+	unsigned workers;  /* 0: one per core */
+	char **interfaces; /* addresses to listen on; "*" means all (IPv4 and IPv6) */
 	size_t n_interfaces;
 	unsigned c2s_port;     /* 0 disables */
 	unsigned c2s_tls_port; /* direct TLS, XEP-0368; 0 disables */
 	unsigned s2s_port;
 	unsigned http_port;
 	bool c2s_require_encryption;
-	bool sasl_plain;       /* offer PLAIN (only ever on encrypted streams) */
+	bool sasl_plain; /* offer PLAIN (only ever on encrypted streams) */
 	unsigned scram_iterations;
 	enum conflict_policy resource_conflict;
 	struct limits_conf limits;
@@ -61,7 +61,7 @@ struct config {
  * one line "FILE:LINE: KEY: problem" into err (FILE as given in path;
  * "FILE: cannot open: reason" when it cannot be read). */
 int config_load(const char *path, struct config *out, char *err, size_t errlen);
-void config_free(struct config *c);   /* NULL or a zeroed config: no-op */
+void config_free(struct config *c); /* NULL or a zeroed config: no-op */
 /* domain: normalized, as in host_conf. NULL if not served. */
 const struct host_conf *config_host(const struct config *c, const char *domain);
 /* For a reload: 0 if every option that differs between old and new is
@@ -75,9 +75,9 @@ void config_write_doc(FILE *f);
 
 struct init_opts {
 	const char *domain;
-	const char *cert_file, *key_file;   /* as written into the file (may be relative) */
-	unsigned c2s_port, c2s_tls_port, s2s_port, http_port;   /* 0: the default */
-	const char *interface;              /* NULL: "*" */
+	const char *cert_file, *key_file; /* as written into the file (may be relative) */
+	unsigned c2s_port, c2s_tls_port, s2s_port, http_port; /* 0: the default */
+	const char *interface;				      /* NULL: "*" */
 };
 /* A complete, commented config that works as is (parleyctl init): every
  * option appears, those at their default commented out as "#key: value". */

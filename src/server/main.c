@@ -18,7 +18,8 @@ static void usage(FILE *f)
 	fputs("usage: parleyd --config FILE [--check]\n"
 	      "       parleyd --version\n"
 	      "\n"
-	      "  -c, --config FILE  configuration file (default: $PARLEY_CONFIG, else ./parley.conf)\n"
+	      "  -c, --config FILE  configuration file (default: $PARLEY_CONFIG, else "
+	      "./parley.conf)\n"
 	      "      --check        validate the configuration and certificates, then exit\n"
 	      "  -V, --version      print the version\n"
 	      "      --compliance   print docs/COMPLIANCE.md (generated from the module tables)\n"
@@ -46,8 +47,8 @@ static int ensure_certs(const struct config *cfg)
 		char err[256];
 		if (cert_generate(h->domain, CERT_EC_P256, 365, h->key_file, h->cert_file, err,
 				  sizeof(err)) < 0) {
-			fprintf(stderr, "parleyd: %s: cannot generate a certificate: %s\n", h->domain,
-				err);
+			fprintf(stderr, "parleyd: %s: cannot generate a certificate: %s\n",
+				h->domain, err);
 			return -1;
 		}
 		LOG(LOG_INFO, "generated a self-signed certificate for %s: %s", h->domain,
@@ -61,12 +62,9 @@ int main(int argc, char **argv)
 	const char *config = getenv("PARLEY_CONFIG");
 	bool check = false;
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"check", no_argument, NULL, 'k'},
-		{"version", no_argument, NULL, 'V'},
-		{"compliance", no_argument, NULL, 'C'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	    {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},
+	    {"version", no_argument, NULL, 'V'},      {"compliance", no_argument, NULL, 'C'},
+	    {"help", no_argument, NULL, 'h'},	      {0},
 	};
 	int o;
 	while ((o = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {

@@ -57,8 +57,8 @@ void modules_register(struct host *h)
 		}
 		for (const struct hook_reg *r = m->hooks; r && r->fn; r++) {
 			size_t n = h->n_hooks[r->point];
-			h->hooks[r->point] = realloc(h->hooks[r->point],
-						     (n + 2) * sizeof(*h->hooks[r->point]));
+			h->hooks[r->point] =
+			    realloc(h->hooks[r->point], (n + 2) * sizeof(*h->hooks[r->point]));
 			if (!h->hooks[r->point])
 				die_oom();
 			/* insertion by priority, highest first; stable for equal ones */

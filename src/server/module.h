@@ -15,52 +15,52 @@ struct session;
 struct host;
 struct buf;
 
-enum hook_rc { HOOK_PASS, HOOK_DONE };   /* DONE: the handler consumed ev->st */
+enum hook_rc { HOOK_PASS, HOOK_DONE }; /* DONE: the handler consumed ev->st */
 
 /* What a stanza is addressed to, from the router's point of view. */
-#define DEST_HOST 0x1u   /* a served domain itself */
-#define DEST_BARE 0x2u   /* a local account's bare JID, not the sender's own */
-#define DEST_FULL 0x4u   /* a local full JID */
-#define DEST_SELF 0x8u   /* the sender's own bare JID (or no 'to' on an IQ) */
+#define DEST_HOST 0x1u /* a served domain itself */
+#define DEST_BARE 0x2u /* a local account's bare JID, not the sender's own */
+#define DEST_FULL 0x4u /* a local full JID */
+#define DEST_SELF 0x8u /* the sender's own bare JID (or no 'to' on an IQ) */
 
 #define IQ_GET 0x1u
 #define IQ_SET 0x2u
 
 struct hook_ev {
-	struct stanza *st;        /* owned by whoever returns HOOK_DONE */
-	struct session *origin;   /* the sending local session, or NULL */
-	struct host *host;        /* the served host the stanza is addressed to / from */
+	struct stanza *st;	/* owned by whoever returns HOOK_DONE */
+	struct session *origin; /* the sending local session, or NULL */
+	struct host *host;	/* the served host the stanza is addressed to / from */
 	unsigned dest;
 };
 
 typedef enum hook_rc hook_fn(struct hook_ev *ev);
 
 struct iq_reg {
-	const char *ns;      /* payload namespace */
-	const char *name;    /* payload element name */
-	unsigned types;      /* IQ_GET | IQ_SET */
-	unsigned dests;      /* DEST_* it serves */
+	const char *ns;	  /* payload namespace */
+	const char *name; /* payload element name */
+	unsigned types;	  /* IQ_GET | IQ_SET */
+	unsigned dests;	  /* DEST_* it serves */
 	hook_fn *fn;
 };
 
 /* Hook points for what is not an IQ with a registered payload. */
 enum hook_point {
-	HP_MESSAGE,          /* every message before delivery, any dest */
-	HP_PRESENCE,         /* every presence before delivery, any dest */
-	HP_IQ,               /* IQs with no registered payload handler */
+	HP_MESSAGE,  /* every message before delivery, any dest */
+	HP_PRESENCE, /* every presence before delivery, any dest */
+	HP_IQ,	     /* IQs with no registered payload handler */
 	HP_COUNT
 };
 
 struct hook_reg {
 	enum hook_point point;
-	int prio;            /* higher runs first */
+	int prio; /* higher runs first */
 	hook_fn *fn;
 };
 
 struct xep_ref {
-	int xep;             /* XEP number; 0 ends the list */
+	int xep; /* XEP number; 0 ends the list */
 	const char *version;
-	const char *status;  /* "complete", "partial" */
+	const char *status; /* "complete", "partial" */
 };
 
 struct disco_identity {
@@ -69,11 +69,11 @@ struct disco_identity {
 
 struct module {
 	const char *name;
-	const char *const *features;          /* disco#info features, NULL-terminated */
+	const char *const *features;	       /* disco#info features, NULL-terminated */
 	const struct disco_identity *identity; /* server identity contributed, or NULL */
-	const struct iq_reg *iqs;             /* { 0 }-terminated */
-	const struct hook_reg *hooks;         /* { .fn = NULL }-terminated */
-	const struct xep_ref *xeps;           /* { 0 }-terminated */
+	const struct iq_reg *iqs;	       /* { 0 }-terminated */
+	const struct hook_reg *hooks;	       /* { .fn = NULL }-terminated */
+	const struct xep_ref *xeps;	       /* { 0 }-terminated */
 };
 
 /* --- What handlers may call --- */

@@ -7,13 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_SHARDS        64
-#define MAX_RESOURCES   64 /* per account; more gets resource-constraint */
+#define N_SHARDS      64
+#define MAX_RESOURCES 64 /* per account; more gets resource-constraint */
 
 struct reg_res {
 	struct reg_res *next;
 	struct reg_target t;
-	char *resource;  /* owned */
+	char *resource; /* owned */
 };
 
 struct reg_user {
@@ -21,7 +21,7 @@ struct reg_user {
 	struct reg_res *res;
 	unsigned n_res;
 	uint64_t hash;
-	char bare[];     /* "local@domain" */
+	char bare[]; /* "local@domain" */
 };
 
 struct shard {
@@ -95,8 +95,7 @@ static const char *res_of(const struct jid *full)
 	return full->s + full->res_off;
 }
 
-int registry_bind(const struct jid *full, struct session *s, bool kick_old,
-		  struct reg_target *old)
+int registry_bind(const struct jid *full, struct session *s, bool kick_old, struct reg_target *old)
 {
 	size_t bl = jid_bare_len(full);
 	uint64_t h = hash_bytes(full->s, bl);

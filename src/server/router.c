@@ -271,7 +271,8 @@ void route(struct stanza *st, struct session *origin)
 		}
 		h = origin->host;
 		if (st->kind == ST_PRESENCE) {
-			struct hook_ev ev = {.st = st, .origin = origin, .host = h, .dest = DEST_SELF};
+			struct hook_ev ev = {
+			    .st = st, .origin = origin, .host = h, .dest = DEST_SELF};
 			if (hooks_run(h, HP_PRESENCE, &ev) == HOOK_DONE)
 				return;
 			presence_broadcast(st, origin);
@@ -308,7 +309,8 @@ void route(struct stanza *st, struct session *origin)
 		if (st->kind == ST_IQ)
 			handle_iq_local(st, origin, h, dest);
 		else
-			stanza_free(st); /* RFC 6120 §10.4.? : the server handles it; nothing to do */
+			stanza_free(
+			    st); /* RFC 6120 §10.4.? : the server handles it; nothing to do */
 		return;
 	case DEST_FULL:
 		route_full(st, origin, h);

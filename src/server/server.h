@@ -36,16 +36,16 @@ struct worker_conf {
 void worker_conf_from(struct worker_conf *wc, const struct config *c);
 
 struct host {
-	char *domain;                    /* owned */
-	_Atomic(SSL_CTX *) tls;          /* swapped on reload; old ones are kept until exit */
-	struct iq_entry **iq_table;      /* hash: (ns, name) -> handlers; read-only after start */
+	char *domain;		    /* owned */
+	_Atomic(SSL_CTX *) tls;	    /* swapped on reload; old ones are kept until exit */
+	struct iq_entry **iq_table; /* hash: (ns, name) -> handlers; read-only after start */
 	size_t iq_buckets;
 	struct {
 		const struct hook_reg *reg;
 		const struct module *mod;
-	} *hooks[HP_COUNT];              /* sorted by prio, NULL-terminated by reg == NULL */
+	} * hooks[HP_COUNT]; /* sorted by prio, NULL-terminated by reg == NULL */
 	size_t n_hooks[HP_COUNT];
-	const char **features;           /* disco#info features of all modules, sorted */
+	const char **features; /* disco#info features of all modules, sorted */
 	size_t n_features;
 };
 
@@ -53,7 +53,7 @@ struct worker {
 	unsigned idx;
 	pthread_t thread;
 	struct loop *loop;
-	struct session *sessions;        /* all sessions of this worker */
+	struct session *sessions; /* all sessions of this worker */
 	size_t n_sessions;
 	/* Session ids are (generation << 32 | worker << 24 | slot), so a
 	 * stanza posted from another worker finds its session in O(1) and
@@ -63,7 +63,7 @@ struct worker {
 	uint32_t *free_list;
 	uint32_t n_free;
 	uint32_t gen;
-	struct worker_conf conf;         /* this worker's copy; replaced on reload */
+	struct worker_conf conf; /* this worker's copy; replaced on reload */
 	struct timer shutdown_timer;
 	struct io *listeners;
 	size_t n_listeners;
@@ -78,11 +78,11 @@ struct server {
 	struct store *store;
 	struct worker *workers;
 	unsigned n_workers;
-	unsigned char secret[32];        /* fake SCRAM salts for unknown users */
-	SSL_CTX **old_tls;               /* replaced contexts, freed at exit */
+	unsigned char secret[32]; /* fake SCRAM salts for unknown users */
+	SSL_CTX **old_tls;	  /* replaced contexts, freed at exit */
 	size_t n_old_tls;
 	pthread_mutex_t reload_lock;
-	_Atomic unsigned limits_gen;     /* bumped on reload */
+	_Atomic unsigned limits_gen; /* bumped on reload */
 };
 
 extern struct server *srv;
@@ -93,10 +93,10 @@ int server_start(const char *config_path, char *err, size_t errlen);
 void server_run(void);
 
 struct host *host_find(const char *domain, size_t len);
-struct worker *worker_current(void);     /* the worker running this thread, or NULL */
+struct worker *worker_current(void); /* the worker running this thread, or NULL */
 
 /* --- Sessions (c2s.c) --- */
-#define SF_TLS        0x0001u
+#define SF_TLS	      0x0001u
 #define SF_OPENED     0x0002u /* stream header received and answered */
 #define SF_AUTHED     0x0004u
 #define SF_BOUND      0x0008u
@@ -104,37 +104,37 @@ struct worker *worker_current(void);     /* the worker running this thread, or N
 #define SF_CLOSING    0x0020u
 #define SF_WAIT_STORE 0x0040u /* input paused while the store answers */
 #define SF_DIRECT_TLS 0x0080u
-#define SF_GONE       0x0100u /* connection gone; waiting for refs to drop */
+#define SF_GONE	      0x0100u /* connection gone; waiting for refs to drop */
 #define SF_UNBOUND    0x0200u /* removed from the registry (closing) */
 
 struct session {
 	uint64_t id;
 	struct worker *w;
-	struct conn *conn;            /* NULL once the connection is gone */
+	struct conn *conn; /* NULL once the connection is gone */
 	struct xmlstream *xs;
-	struct host *host;            /* set when the stream header names a served host */
+	struct host *host; /* set when the stream header names a served host */
 	unsigned flags;
-	unsigned refs;                /* async operations in flight + 1 for the conn */
-	struct jid jid;               /* full JID once bound (malloc); bare part after auth */
-	char *user;                   /* authenticated localpart (malloc) */
+	unsigned refs;	/* async operations in flight + 1 for the conn */
+	struct jid jid; /* full JID once bound (malloc); bare part after auth */
+	char *user;	/* authenticated localpart (malloc) */
 	struct sasl *sasl;
 	unsigned sasl_failures;
 	int priority;
-	struct buf *inbuf;            /* input held back while paused (malloc), or NULL */
-	struct timer timer;           /* handshake / idle deadline */
-	struct timer delay;           /* a SASL failure held back (throttling) */
+	struct buf *inbuf;  /* input held back while paused (malloc), or NULL */
+	struct timer timer; /* handshake / idle deadline */
+	struct timer delay; /* a SASL failure held back (throttling) */
 	const char *delay_cond;
 	uint64_t last_read;
 	unsigned char cb_exporter[32];
 	unsigned char cb_endpoint[64];
 	size_t cb_endpoint_len;
 	bool cb_have_exporter;
-	struct session *next, *prev;  /* worker's list */
+	struct session *next, *prev; /* worker's list */
 	char stream_id[24];
 };
 
 void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls);
-struct session *worker_session(struct worker *w, uint64_t id);   /* NULL if gone */
+struct session *worker_session(struct worker *w, uint64_t id); /* NULL if gone */
 void worker_shutdown(struct worker *w);
 /* Delivers a stanza to a session of this worker (consumes it). */
 void session_send(struct session *s, struct stanza *st);
@@ -145,7 +145,7 @@ void session_close(struct session *s, const char *cond, const char *text);
 struct reg_target {
 	uint64_t sess_id;
 	struct worker *w;
-	struct session *sess;         /* may only be dereferenced on w */
+	struct session *sess; /* may only be dereferenced on w */
 	int priority;
 	bool available;
 };
@@ -155,8 +155,7 @@ void registry_init(void);
  * receives the old session and the new one replaces it (returns 1); else
  * returns -1 (conflict). 0 on success with no conflict. -2: too many
  * resources for this account. */
-int registry_bind(const struct jid *full, struct session *s, bool kick_old,
-		  struct reg_target *old);
+int registry_bind(const struct jid *full, struct session *s, bool kick_old, struct reg_target *old);
 void registry_unbind(const struct jid *full, uint64_t sess_id);
 void registry_set_presence(const struct jid *full, uint64_t sess_id, bool available, int prio);
 bool registry_find_full(const struct jid *full, struct reg_target *out);

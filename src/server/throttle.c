@@ -5,10 +5,10 @@
 #include <string.h>
 
 #define THROTTLE_SLOTS 8192
-#define PROBES         8
+#define PROBES	       8
 
 struct slot {
-	uint64_t hash;       /* 0: empty */
+	uint64_t hash; /* 0: empty */
 	uint64_t window_start;
 	unsigned count;
 };

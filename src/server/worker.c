@@ -37,7 +37,8 @@ struct worker *worker_current(void)
 struct host *host_find(const char *domain, size_t len)
 {
 	for (size_t i = 0; i < srv->n_hosts; i++)
-		if (strlen(srv->hosts[i].domain) == len && !memcmp(srv->hosts[i].domain, domain, len))
+		if (strlen(srv->hosts[i].domain) == len &&
+		    !memcmp(srv->hosts[i].domain, domain, len))
 			return &srv->hosts[i];
 	return NULL;
 }
@@ -50,7 +51,7 @@ struct listener {
 	struct io io;
 	struct worker *w;
 	enum listener_kind kind;
-	struct timer retry;   /* out of descriptors: listen again later */
+	struct timer retry; /* out of descriptors: listen again later */
 };
 
 static void listener_retry(struct timer *t)
@@ -67,12 +68,14 @@ static void on_accept(struct io *io, uint32_t events)
 	for (int i = 0; i < 64; i++) {
 		struct sockaddr_storage peer;
 		socklen_t pl = sizeof(peer);
-		int fd = accept4(io->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd =
+		    accept4(io->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE) {
 				/* The listener is level-triggered: stop watching it for a
 				 * second rather than spin on a connection we cannot take. */
-				LOG(LOG_WARN, "accept: out of file descriptors; pausing accepts for 1 s");
+				LOG(LOG_WARN,
+				    "accept: out of file descriptors; pausing accepts for 1 s");
 				loop_io_del(l->w->loop, io);
 				timer_init(&l->retry, listener_retry, l);
 				loop_timer_set(l->w->loop, &l->retry, 1000);
@@ -87,7 +90,8 @@ static void on_accept(struct io *io, uint32_t events)
 
 static int open_listener(const char *addr, unsigned port, char *err, size_t errlen)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+	struct addrinfo hints = {.ai_family = AF_UNSPEC,
+				 .ai_socktype = SOCK_STREAM,
 				 .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV};
 	struct addrinfo *ai;
 	char ps[16];
@@ -337,7 +341,8 @@ static void server_reload(void)
 	for (size_t i = 0; i < srv->n_hosts; i++) {
 		const struct host_conf *hc = config_host(&cfg, srv->hosts[i].domain);
 		if (!hc) {
-			LOG(LOG_WARN, "reload: host %s removed from the file; it stays served until restart",
+			LOG(LOG_WARN,
+			    "reload: host %s removed from the file; it stays served until restart",
 			    srv->hosts[i].domain);
 			continue;
 		}

@@ -14,19 +14,19 @@ struct buf;
 
 struct xml_attr {
 	struct xml_attr *next;
-	const char *ns;    /* "" for unqualified attributes (the usual case) */
+	const char *ns;	   /* "" for unqualified attributes (the usual case) */
 	const char *name;  /* local name */
 	const char *value; /* NUL-terminated, unescaped */
 };
 
 struct xml_el {
-	struct xml_el *parent;      /* borrowed */
-	struct xml_el *next;        /* next sibling */
+	struct xml_el *parent;	     /* borrowed */
+	struct xml_el *next;	     /* next sibling */
 	struct xml_el *first, *last; /* children: elements and text nodes, in order */
-	const char *ns;             /* element namespace; NULL for a text node */
-	const char *name;           /* local name; NULL for a text node */
+	const char *ns;		     /* element namespace; NULL for a text node */
+	const char *name;	     /* local name; NULL for a text node */
 	struct xml_attr *attrs;
-	const char *text;           /* text nodes only: unescaped, NUL-terminated */
+	const char *text; /* text nodes only: unescaped, NUL-terminated */
 	size_t text_len;
 };
 
@@ -39,19 +39,19 @@ struct xml_el *xml_el_new(struct arena *a, const char *ns, const char *name);
 /* Appends a new child element and returns it. */
 struct xml_el *xml_add_child(struct arena *a, struct xml_el *parent, const char *ns,
 			     const char *name);
-void xml_append(struct xml_el *parent, struct xml_el *child);   /* child must be detached */
-void xml_remove(struct xml_el *child);                          /* detach from its parent */
+void xml_append(struct xml_el *parent, struct xml_el *child); /* child must be detached */
+void xml_remove(struct xml_el *child);			      /* detach from its parent */
 void xml_add_text(struct arena *a, struct xml_el *parent, const char *text, size_t len);
 /* Sets (replaces) an unqualified attribute; value NULL removes it. Copies strings. */
 void xml_set_attr(struct arena *a, struct xml_el *e, const char *name, const char *value);
 void xml_set_attr_ns(struct arena *a, struct xml_el *e, const char *ns, const char *name,
 		     const char *value);
-const char *xml_attr(const struct xml_el *e, const char *name);           /* unqualified */
+const char *xml_attr(const struct xml_el *e, const char *name); /* unqualified */
 const char *xml_attr_ns(const struct xml_el *e, const char *ns, const char *name);
 /* First child element with this ns and name; ns NULL matches any namespace. */
 struct xml_el *xml_child(const struct xml_el *e, const char *ns, const char *name);
-struct xml_el *xml_first_el(const struct xml_el *e);   /* first child element, skipping text */
-struct xml_el *xml_next_el(const struct xml_el *e);    /* next sibling element */
+struct xml_el *xml_first_el(const struct xml_el *e); /* first child element, skipping text */
+struct xml_el *xml_next_el(const struct xml_el *e);  /* next sibling element */
 /* Concatenated text of the direct text children (arena copy; "" if none). */
 const char *xml_text(struct arena *a, const struct xml_el *e);
 /* Deep copy into another arena. */

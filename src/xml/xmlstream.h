@@ -19,21 +19,22 @@ struct xml_el;
 
 enum xs_error {
 	XS_OK = 0,
-	XS_ERR_BAD_FORMAT,      /* not well-formed XML -> <bad-format/> */
-	XS_ERR_RESTRICTED_XML,  /* DTD, comment, PI, entity -> <restricted-xml/> */
-	XS_ERR_POLICY,          /* a limit was exceeded -> <policy-violation/> */
-	XS_ERR_ENCODING,        /* encoding declaration other than UTF-8 -> <unsupported-encoding/> */
-	XS_ERR_INVALID_NS,      /* root is not {http://etherx.jabber.org/streams}stream -> <invalid-namespace/> */
-	XS_ERR_MEMORY,          /* allocator cap reached -> <resource-constraint/> */
+	XS_ERR_BAD_FORMAT,     /* not well-formed XML -> <bad-format/> */
+	XS_ERR_RESTRICTED_XML, /* DTD, comment, PI, entity -> <restricted-xml/> */
+	XS_ERR_POLICY,	       /* a limit was exceeded -> <policy-violation/> */
+	XS_ERR_ENCODING,   /* encoding declaration other than UTF-8 -> <unsupported-encoding/> */
+	XS_ERR_INVALID_NS, /* root is not {http://etherx.jabber.org/streams}stream ->
+			      <invalid-namespace/> */
+	XS_ERR_MEMORY,	   /* allocator cap reached -> <resource-constraint/> */
 };
 
 struct xs_limits {
 	size_t max_stanza_bytes; /* raw bytes of one top-level element, including children */
-	unsigned max_depth;      /* element depth inside a stanza (stanza itself is depth 1) */
-	unsigned max_attrs;      /* attributes per element */
-	size_t max_attr_len;     /* bytes of one attribute value */
-	size_t max_text_len;     /* bytes of text in one element */
-	unsigned max_children;   /* child nodes per element */
+	unsigned max_depth;	 /* element depth inside a stanza (stanza itself is depth 1) */
+	unsigned max_attrs;	 /* attributes per element */
+	size_t max_attr_len;	 /* bytes of one attribute value */
+	size_t max_text_len;	 /* bytes of text in one element */
+	unsigned max_children;	 /* child nodes per element */
 	size_t max_header_bytes; /* bytes of the stream header (root start tag) */
 };
 
@@ -54,7 +55,7 @@ struct xmlstream;
 
 struct xmlstream *xmlstream_new(const struct xs_callbacks *cb, void *ud,
 				const struct xs_limits *limits);
-void xmlstream_free(struct xmlstream *xs);     /* NULL is a no-op */
+void xmlstream_free(struct xmlstream *xs); /* NULL is a no-op */
 /* Limits may change between stanzas (e.g. larger after authentication). */
 void xmlstream_set_limits(struct xmlstream *xs, const struct xs_limits *limits);
 /* Feeds bytes. Returns the number of bytes consumed (== len unless a

@@ -17,18 +17,18 @@ struct arena;
 /* A normalized JID as one string "local@domain/resource" with offsets.
  * A part that is absent has length 0 (and then no '@' or '/' for it). */
 struct jid {
-	const char *s;     /* NUL-terminated normalized form; owned by the arena or malloc */
-	uint16_t len;      /* strlen(s) */
-	uint16_t local_len;             /* local part is s[0..local_len) */
+	const char *s;	    /* NUL-terminated normalized form; owned by the arena or malloc */
+	uint16_t len;	    /* strlen(s) */
+	uint16_t local_len; /* local part is s[0..local_len) */
 	uint16_t dom_off, dom_len;
-	uint16_t res_off, res_len;     /* res_len 0: bare JID */
+	uint16_t res_off, res_len; /* res_len 0: bare JID */
 };
 
 /* Parses and normalizes in[0..len). a: where the string lives (NULL:
  * malloc, release with jid_free). Returns 0, or -1 if the JID is invalid
  * (the caller answers jid-malformed). On error *out is untouched. */
 int jid_parse(struct jid *out, const char *in, size_t len, struct arena *a);
-void jid_free(struct jid *j);    /* only for jids parsed with a == NULL */
+void jid_free(struct jid *j); /* only for jids parsed with a == NULL */
 /* Builds a JID from already-normalized parts (resource may be NULL). */
 int jid_make(struct jid *out, const char *local, const char *domain, const char *resource,
 	     struct arena *a);
@@ -52,7 +52,7 @@ static inline size_t jid_bare_len(const struct jid *j)
 {
 	return (size_t)j->dom_off + j->dom_len;
 }
-bool jid_eq(const struct jid *a, const struct jid *b);        /* full comparison */
+bool jid_eq(const struct jid *a, const struct jid *b); /* full comparison */
 bool jid_bare_eq(const struct jid *a, const struct jid *b);
 /* Copies the bare JID (new string in a, or malloc when a == NULL). */
 int jid_bare(struct jid *out, const struct jid *in, struct arena *a);

@@ -5,54 +5,54 @@
 #include <string.h>
 
 static const char *const err_names[] = {
-	[SE_BAD_REQUEST] = "bad-request",
-	[SE_CONFLICT] = "conflict",
-	[SE_FEATURE_NOT_IMPLEMENTED] = "feature-not-implemented",
-	[SE_FORBIDDEN] = "forbidden",
-	[SE_GONE] = "gone",
-	[SE_INTERNAL_SERVER_ERROR] = "internal-server-error",
-	[SE_ITEM_NOT_FOUND] = "item-not-found",
-	[SE_JID_MALFORMED] = "jid-malformed",
-	[SE_NOT_ACCEPTABLE] = "not-acceptable",
-	[SE_NOT_ALLOWED] = "not-allowed",
-	[SE_NOT_AUTHORIZED] = "not-authorized",
-	[SE_POLICY_VIOLATION] = "policy-violation",
-	[SE_RECIPIENT_UNAVAILABLE] = "recipient-unavailable",
-	[SE_REDIRECT] = "redirect",
-	[SE_REGISTRATION_REQUIRED] = "registration-required",
-	[SE_REMOTE_SERVER_NOT_FOUND] = "remote-server-not-found",
-	[SE_REMOTE_SERVER_TIMEOUT] = "remote-server-timeout",
-	[SE_RESOURCE_CONSTRAINT] = "resource-constraint",
-	[SE_SERVICE_UNAVAILABLE] = "service-unavailable",
-	[SE_SUBSCRIPTION_REQUIRED] = "subscription-required",
-	[SE_UNDEFINED_CONDITION] = "undefined-condition",
-	[SE_UNEXPECTED_REQUEST] = "unexpected-request",
+    [SE_BAD_REQUEST] = "bad-request",
+    [SE_CONFLICT] = "conflict",
+    [SE_FEATURE_NOT_IMPLEMENTED] = "feature-not-implemented",
+    [SE_FORBIDDEN] = "forbidden",
+    [SE_GONE] = "gone",
+    [SE_INTERNAL_SERVER_ERROR] = "internal-server-error",
+    [SE_ITEM_NOT_FOUND] = "item-not-found",
+    [SE_JID_MALFORMED] = "jid-malformed",
+    [SE_NOT_ACCEPTABLE] = "not-acceptable",
+    [SE_NOT_ALLOWED] = "not-allowed",
+    [SE_NOT_AUTHORIZED] = "not-authorized",
+    [SE_POLICY_VIOLATION] = "policy-violation",
+    [SE_RECIPIENT_UNAVAILABLE] = "recipient-unavailable",
+    [SE_REDIRECT] = "redirect",
+    [SE_REGISTRATION_REQUIRED] = "registration-required",
+    [SE_REMOTE_SERVER_NOT_FOUND] = "remote-server-not-found",
+    [SE_REMOTE_SERVER_TIMEOUT] = "remote-server-timeout",
+    [SE_RESOURCE_CONSTRAINT] = "resource-constraint",
+    [SE_SERVICE_UNAVAILABLE] = "service-unavailable",
+    [SE_SUBSCRIPTION_REQUIRED] = "subscription-required",
+    [SE_UNDEFINED_CONDITION] = "undefined-condition",
+    [SE_UNEXPECTED_REQUEST] = "unexpected-request",
 };
 
 /* RFC 6120 §8.3.3: the error type each condition usually carries. */
 static const char *const err_types[] = {
-	[SE_BAD_REQUEST] = "modify",
-	[SE_CONFLICT] = "cancel",
-	[SE_FEATURE_NOT_IMPLEMENTED] = "cancel",
-	[SE_FORBIDDEN] = "auth",
-	[SE_GONE] = "cancel",
-	[SE_INTERNAL_SERVER_ERROR] = "cancel",
-	[SE_ITEM_NOT_FOUND] = "cancel",
-	[SE_JID_MALFORMED] = "modify",
-	[SE_NOT_ACCEPTABLE] = "modify",
-	[SE_NOT_ALLOWED] = "cancel",
-	[SE_NOT_AUTHORIZED] = "auth",
-	[SE_POLICY_VIOLATION] = "modify",
-	[SE_RECIPIENT_UNAVAILABLE] = "wait",
-	[SE_REDIRECT] = "modify",
-	[SE_REGISTRATION_REQUIRED] = "auth",
-	[SE_REMOTE_SERVER_NOT_FOUND] = "cancel",
-	[SE_REMOTE_SERVER_TIMEOUT] = "wait",
-	[SE_RESOURCE_CONSTRAINT] = "wait",
-	[SE_SERVICE_UNAVAILABLE] = "cancel",
-	[SE_SUBSCRIPTION_REQUIRED] = "auth",
-	[SE_UNDEFINED_CONDITION] = "cancel",
-	[SE_UNEXPECTED_REQUEST] = "wait",
+    [SE_BAD_REQUEST] = "modify",
+    [SE_CONFLICT] = "cancel",
+    [SE_FEATURE_NOT_IMPLEMENTED] = "cancel",
+    [SE_FORBIDDEN] = "auth",
+    [SE_GONE] = "cancel",
+    [SE_INTERNAL_SERVER_ERROR] = "cancel",
+    [SE_ITEM_NOT_FOUND] = "cancel",
+    [SE_JID_MALFORMED] = "modify",
+    [SE_NOT_ACCEPTABLE] = "modify",
+    [SE_NOT_ALLOWED] = "cancel",
+    [SE_NOT_AUTHORIZED] = "auth",
+    [SE_POLICY_VIOLATION] = "modify",
+    [SE_RECIPIENT_UNAVAILABLE] = "wait",
+    [SE_REDIRECT] = "modify",
+    [SE_REGISTRATION_REQUIRED] = "auth",
+    [SE_REMOTE_SERVER_NOT_FOUND] = "cancel",
+    [SE_REMOTE_SERVER_TIMEOUT] = "wait",
+    [SE_RESOURCE_CONSTRAINT] = "wait",
+    [SE_SERVICE_UNAVAILABLE] = "cancel",
+    [SE_SUBSCRIPTION_REQUIRED] = "auth",
+    [SE_UNDEFINED_CONDITION] = "cancel",
+    [SE_UNEXPECTED_REQUEST] = "wait",
 };
 
 const char *st_err_name(enum st_err e)
@@ -63,10 +63,14 @@ const char *st_err_name(enum st_err e)
 const char *st_kind_name(enum st_kind k)
 {
 	switch (k) {
-	case ST_MESSAGE: return "message";
-	case ST_PRESENCE: return "presence";
-	case ST_IQ: return "iq";
-	default: return "other";
+	case ST_MESSAGE:
+		return "message";
+	case ST_PRESENCE:
+		return "presence";
+	case ST_IQ:
+		return "iq";
+	default:
+		return "other";
 	}
 }
 

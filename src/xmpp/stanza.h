@@ -15,34 +15,60 @@ enum st_kind { ST_MESSAGE, ST_PRESENCE, ST_IQ, ST_OTHER };
 
 enum st_type {
 	/* message (RFC 6121 §5.2.2) */
-	ST_NORMAL, ST_CHAT, ST_GROUPCHAT, ST_HEADLINE,
+	ST_NORMAL,
+	ST_CHAT,
+	ST_GROUPCHAT,
+	ST_HEADLINE,
 	/* presence (RFC 6121 §4.7.1) */
-	ST_AVAILABLE, ST_UNAVAILABLE, ST_SUBSCRIBE, ST_SUBSCRIBED, ST_UNSUBSCRIBE,
-	ST_UNSUBSCRIBED, ST_PROBE,
+	ST_AVAILABLE,
+	ST_UNAVAILABLE,
+	ST_SUBSCRIBE,
+	ST_SUBSCRIBED,
+	ST_UNSUBSCRIBE,
+	ST_UNSUBSCRIBED,
+	ST_PROBE,
 	/* iq (RFC 6120 §8.2.3) */
-	ST_GET, ST_SET, ST_RESULT,
+	ST_GET,
+	ST_SET,
+	ST_RESULT,
 	/* all kinds */
 	ST_ERROR,
 	ST_INVALID,
 };
 
 struct stanza {
-	struct arena *arena;  /* owned: holds el, strings and jids */
+	struct arena *arena; /* owned: holds el, strings and jids */
 	struct xml_el *el;
 	enum st_kind kind;
 	enum st_type type;
-	struct jid from, to;  /* len 0: absent */
-	const char *id;       /* NULL: absent */
+	struct jid from, to; /* len 0: absent */
+	const char *id;	     /* NULL: absent */
 };
 
 /* Stanza error conditions (RFC 6120 §8.3.3) with their default types. */
 enum st_err {
-	SE_BAD_REQUEST, SE_CONFLICT, SE_FEATURE_NOT_IMPLEMENTED, SE_FORBIDDEN, SE_GONE,
-	SE_INTERNAL_SERVER_ERROR, SE_ITEM_NOT_FOUND, SE_JID_MALFORMED, SE_NOT_ACCEPTABLE,
-	SE_NOT_ALLOWED, SE_NOT_AUTHORIZED, SE_POLICY_VIOLATION, SE_RECIPIENT_UNAVAILABLE,
-	SE_REDIRECT, SE_REGISTRATION_REQUIRED, SE_REMOTE_SERVER_NOT_FOUND,
-	SE_REMOTE_SERVER_TIMEOUT, SE_RESOURCE_CONSTRAINT, SE_SERVICE_UNAVAILABLE,
-	SE_SUBSCRIPTION_REQUIRED, SE_UNDEFINED_CONDITION, SE_UNEXPECTED_REQUEST,
+	SE_BAD_REQUEST,
+	SE_CONFLICT,
+	SE_FEATURE_NOT_IMPLEMENTED,
+	SE_FORBIDDEN,
+	SE_GONE,
+	SE_INTERNAL_SERVER_ERROR,
+	SE_ITEM_NOT_FOUND,
+	SE_JID_MALFORMED,
+	SE_NOT_ACCEPTABLE,
+	SE_NOT_ALLOWED,
+	SE_NOT_AUTHORIZED,
+	SE_POLICY_VIOLATION,
+	SE_RECIPIENT_UNAVAILABLE,
+	SE_REDIRECT,
+	SE_REGISTRATION_REQUIRED,
+	SE_REMOTE_SERVER_NOT_FOUND,
+	SE_REMOTE_SERVER_TIMEOUT,
+	SE_RESOURCE_CONSTRAINT,
+	SE_SERVICE_UNAVAILABLE,
+	SE_SUBSCRIPTION_REQUIRED,
+	SE_UNDEFINED_CONDITION,
+	SE_UNEXPECTED_REQUEST,
 };
 
 #define SE_NONE (-1)
@@ -54,7 +80,7 @@ enum st_err {
  * without exactly one child). On error the stanza is still filled in as
  * far as possible so the caller can reply. */
 struct stanza *stanza_wrap(struct xml_el *el, struct arena *arena, int *err);
-void stanza_free(struct stanza *st);      /* frees the arena; NULL-safe */
+void stanza_free(struct stanza *st); /* frees the arena; NULL-safe */
 /* A new stanza with an empty element of this kind. */
 struct stanza *stanza_new(enum st_kind kind, const char *type);
 struct stanza *stanza_dup(const struct stanza *st);

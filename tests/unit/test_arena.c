@@ -55,8 +55,8 @@ static void test_buf(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_arena_alloc),
-		cmocka_unit_test(test_buf),
+	    cmocka_unit_test(test_arena_alloc),
+	    cmocka_unit_test(test_buf),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,13 +12,13 @@
 static const struct {
 	const char *raw, *enc;
 } rfc4648[] = {
-	{ "", "" },
-	{ "f", "Zg==" },
-	{ "fo", "Zm8=" },
-	{ "foo", "Zm9v" },
-	{ "foob", "Zm9vYg==" },
-	{ "fooba", "Zm9vYmE=" },
-	{ "foobar", "Zm9vYmFy" },
+    {"", ""},
+    {"f", "Zg=="},
+    {"fo", "Zm8="},
+    {"foo", "Zm9v"},
+    {"foob", "Zm9vYg=="},
+    {"fooba", "Zm9vYmE="},
+    {"foobar", "Zm9vYmFy"},
 };
 
 static void test_rfc4648_vectors(void **state)
@@ -53,7 +53,7 @@ static void test_all_bytes_round_trip(void **state)
 		assert_memory_equal(dec, in, n);
 	}
 	/* Every character of the alphabet and its value. */
-	unsigned char ones[3] = { 0xfb, 0xff, 0xbf };
+	unsigned char ones[3] = {0xfb, 0xff, 0xbf};
 	base64_encode(ones, 3, enc);
 	assert_string_equal(enc, "+/+/");
 	base64_encode((const unsigned char *)"\x00\x10\x83\x10\x51\x87", 6, enc);
@@ -73,27 +73,16 @@ static void test_rejects(void **state)
 {
 	(void)state;
 	static const char *const bad[] = {
-		"Zg",         /* padding missing */
-		"Zg=",        /* padding short */
-		"Zg===",      /* padding long */
-		"Zm9",
-		"Zh==",       /* non-zero trailing bits: only "Zg==" is canonical */
-		"Zm9=",       /* same with one pad */
-		"QR==",
-		"Zm 9v",      /* whitespace */
-		"Zm9v\n",
-		" Zm9v",
-		"Zm9v\r\nYmFy",
-		"Zg==Zg==",   /* padding in the middle */
-		"Z===",
-		"====",
-		"==",
-		"Zm9v====",
-		"Zm=v",
-		"=m9v",
-		"Zm-_",       /* base64url alphabet */
-		"Zm9\xc3",
-		"Zm9v.A==",
+	    "Zg",		/* padding missing */
+	    "Zg=",		/* padding short */
+	    "Zg===",		/* padding long */
+	    "Zm9",     "Zh==",	/* non-zero trailing bits: only "Zg==" is canonical */
+	    "Zm9=",		/* same with one pad */
+	    "QR==",    "Zm 9v", /* whitespace */
+	    "Zm9v\n",  " Zm9v",	   "Zm9v\r\nYmFy", "Zg==Zg==", /* padding in the middle */
+	    "Z===",    "====",	   "==",	   "Zm9v====",
+	    "Zm=v",    "=m9v",	   "Zm-_", /* base64url alphabet */
+	    "Zm9\xc3", "Zm9v.A==",
 	};
 	unsigned char dec[64];
 
@@ -135,11 +124,9 @@ static void test_capacity(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_rfc4648_vectors),
-		cmocka_unit_test(test_all_bytes_round_trip),
-		cmocka_unit_test(test_lone_pad_is_empty),
-		cmocka_unit_test(test_rejects),
-		cmocka_unit_test(test_capacity),
+	    cmocka_unit_test(test_rfc4648_vectors),   cmocka_unit_test(test_all_bytes_round_trip),
+	    cmocka_unit_test(test_lone_pad_is_empty), cmocka_unit_test(test_rejects),
+	    cmocka_unit_test(test_capacity),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

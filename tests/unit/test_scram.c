@@ -23,13 +23,16 @@ static const unsigned char secret[32] = "0123456789abcdef0123456789abcdef";
 static const unsigned char exporter[32] = "exporter-exporter-exporter-expor";
 static const unsigned char endpoint[32] = "endpoint-endpoint-endpoint-endpo";
 
-static const struct sasl_cbind cb_both = { exporter, 32, endpoint, 32 };
-static const struct sasl_cbind cb_endpoint_only = { NULL, 0, endpoint, 32 };
+static const struct sasl_cbind cb_both = {exporter, 32, endpoint, 32};
+static const struct sasl_cbind cb_endpoint_only = {NULL, 0, endpoint, 32};
 
 static struct sasl_ctx ctx_plain(void)
 {
-	return (struct sasl_ctx){ .tls = true, .allow_plain = true, .server_secret = secret,
-				  .secret_len = sizeof secret, .fake_iterations = 4096 };
+	return (struct sasl_ctx){.tls = true,
+				 .allow_plain = true,
+				 .server_secret = secret,
+				 .secret_len = sizeof secret,
+				 .fake_iterations = 4096};
 }
 
 static struct sasl_ctx ctx_cb(const struct sasl_cbind *cb)
@@ -47,8 +50,8 @@ static const EVP_MD *md_of(enum scram_hash h)
 static const char *mech_of(enum scram_hash h, bool plus)
 {
 	static const char *names[2][3] = {
-		{ "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512" },
-		{ "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS" },
+	    {"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"},
+	    {"SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512-PLUS"},
 	};
 	return names[plus][h];
 }
@@ -66,10 +69,10 @@ static void client_keys(enum scram_hash h, const char *password, const unsigned 
 	assert_int_equal(PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, (int)salt_len,
 					   iter, md_of(h), hl, salted),
 			 1);
-	assert_non_null(HMAC(md_of(h), salted, hl, (const unsigned char *)"Client Key", 10,
-			     client_key, &n));
-	assert_non_null(HMAC(md_of(h), salted, hl, (const unsigned char *)"Server Key", 10,
-			     server_key, &n));
+	assert_non_null(
+	    HMAC(md_of(h), salted, hl, (const unsigned char *)"Client Key", 10, client_key, &n));
+	assert_non_null(
+	    HMAC(md_of(h), salted, hl, (const unsigned char *)"Server Key", 10, server_key, &n));
 	assert_int_equal(EVP_Digest(client_key, (size_t)hl, stored_key, &n, md_of(h), NULL), 1);
 }
 
@@ -98,18 +101,18 @@ static void str_of(struct buf *b, char *out, size_t cap)
 
 struct client {
 	enum scram_hash h;
-	const char *gs2;                 /* gs2 header, e.g. "n,," */
-	const unsigned char *cb;         /* binding data the client sees */
+	const char *gs2;	 /* gs2 header, e.g. "n,," */
+	const unsigned char *cb; /* binding data the client sees */
 	size_t cb_len;
-	const char *user;                /* as sent, already saslname-encoded */
+	const char *user; /* as sent, already saslname-encoded */
 	const char *password;
 	const char *cnonce;
-	const char *final_nonce;         /* NULL: the server's combined nonce */
+	const char *final_nonce; /* NULL: the server's combined nonce */
 	/* outputs */
 	char server_first[512];
 	char server_final[256];
 	const char *condition;
-	int fail_at;                     /* 1: client-first, 2: creds, 3: client-final, 0: none */
+	int fail_at; /* 1: client-first, 2: creds, 3: client-final, 0: none */
 };
 
 /* Runs a whole exchange; creds NULL plays an unknown account. */
@@ -127,7 +130,10 @@ static enum sasl_rc client_run(struct sasl *s, struct client *c, const struct sc
 
 	c->fail_at = 0;
 	c->server_first[0] = c->server_final[0] = '\0';
-	snprintf(first, sizeof first, "%s" "n=%s,r=%s", c->gs2, c->user, c->cnonce);
+	snprintf(first, sizeof first,
+		 "%s"
+		 "n=%s,r=%s",
+		 c->gs2, c->user, c->cnonce);
 	rc = sasl_step(s, (const unsigned char *)first, strlen(first), &out);
 	assert_int_equal(buf_pending(&out), 0);
 	if (rc != SASL_NEED_CREDS) {
@@ -142,8 +148,8 @@ static enum sasl_rc client_run(struct sasl *s, struct client *c, const struct sc
 	}
 
 	/* r=<nonce>,s=<salt>,i=<iter> */
-	assert_int_equal(sscanf(c->server_first, "r=%255[^,],s=%127[^,],i=%d", nonce, salt64, &iter),
-			 3);
+	assert_int_equal(
+	    sscanf(c->server_first, "r=%255[^,],s=%127[^,],i=%d", nonce, salt64, &iter), 3);
 	assert_memory_equal(nonce, c->cnonce, strlen(c->cnonce));
 	ssize_t salt_len = base64_decode(salt64, strlen(salt64), salt, sizeof salt);
 	assert_true(salt_len > 0);
@@ -155,17 +161,18 @@ static enum sasl_rc client_run(struct sasl *s, struct client *c, const struct sc
 		memcpy(cbind_in + gl, c->cb, c->cb_len);
 	EVP_EncodeBlock((unsigned char *)cbind64, (const unsigned char *)cbind_in,
 			(int)(gl + c->cb_len));
-	snprintf(final, sizeof final, "c=%s,r=%s", cbind64, c->final_nonce ? c->final_nonce : nonce);
+	snprintf(final, sizeof final, "c=%s,r=%s", cbind64,
+		 c->final_nonce ? c->final_nonce : nonce);
 	snprintf(auth, sizeof auth, "%s,%s,%s", first + gl, c->server_first, final);
-	assert_non_null(HMAC(md_of(c->h), sk, hl, (const unsigned char *)auth, strlen(auth), sig,
-			     &n));
+	assert_non_null(
+	    HMAC(md_of(c->h), sk, hl, (const unsigned char *)auth, strlen(auth), sig, &n));
 	for (int i = 0; i < hl; i++)
 		proof[i] = ck[i] ^ sig[i];
 	EVP_EncodeBlock((unsigned char *)proof64, proof, hl);
 	size_t fl = strlen(final);
 	snprintf(final + fl, sizeof final - fl, ",p=%s", proof64);
 
-	rc = sasl_step(s, (const unsigned char *)final, strlen(final), &out);
+	rc = sasl_step(s, (const unsigned char *) final, strlen(final), &out);
 	str_of(&out, c->server_final, sizeof c->server_final);
 	if (rc != SASL_SUCCESS) {
 		c->fail_at = 3;
@@ -173,8 +180,8 @@ static enum sasl_rc client_run(struct sasl *s, struct client *c, const struct sc
 	}
 	/* The server must prove it knows ServerKey. */
 	char want[200];
-	assert_non_null(HMAC(md_of(c->h), svk, hl, (const unsigned char *)auth, strlen(auth), sig,
-			     &n));
+	assert_non_null(
+	    HMAC(md_of(c->h), svk, hl, (const unsigned char *)auth, strlen(auth), sig, &n));
 	memcpy(want, "v=", 2);
 	EVP_EncodeBlock((unsigned char *)want + 2, sig, hl);
 	assert_string_equal(c->server_final, want);
@@ -233,7 +240,7 @@ static void test_rfc5802_sha1(void **state)
 	assert_null(sasl_authzid(s));
 	assert_int_equal(supply(s, &creds, out, sizeof out), SASL_CONTINUE);
 	assert_string_equal(
-		out, "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096");
+	    out, "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096");
 	assert_int_equal(step_str(s,
 				  "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,"
 				  "p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
@@ -312,8 +319,11 @@ static void test_every_hash_round_trip(void **state)
 
 	for (int h = 0; h < SCRAM_NHASH; h++) {
 		struct sasl *s = sasl_new(mech_of((enum scram_hash)h, false), &ctx);
-		struct client c = { .h = (enum scram_hash)h, .gs2 = "n,,", .user = "User",
-				    .password = "pencil", .cnonce = "abc" };
+		struct client c = {.h = (enum scram_hash)h,
+				   .gs2 = "n,,",
+				   .user = "User",
+				   .password = "pencil",
+				   .cnonce = "abc"};
 		assert_non_null(s);
 		assert_string_equal(sasl_mech_name(s), mech_of((enum scram_hash)h, false));
 		assert_int_equal(client_run(s, &c, &creds), SASL_SUCCESS);
@@ -341,8 +351,8 @@ static void test_plus_variants(void **state)
 		const char *gs2;
 		const unsigned char *data;
 	} types[] = {
-		{ "p=tls-exporter,,", exporter },
-		{ "p=tls-server-end-point,,", endpoint },
+	    {"p=tls-exporter,,", exporter},
+	    {"p=tls-server-end-point,,", endpoint},
 	};
 	unsigned char wrong[32];
 
@@ -350,9 +360,13 @@ static void test_plus_variants(void **state)
 	wrong[31] ^= 1;
 	for (int h = 0; h < SCRAM_NHASH; h++) {
 		for (size_t t = 0; t < 2; t++) {
-			struct client c = { .h = (enum scram_hash)h, .gs2 = types[t].gs2,
-					    .cb = types[t].data, .cb_len = 32, .user = "user",
-					    .password = "pencil", .cnonce = "xyz" };
+			struct client c = {.h = (enum scram_hash)h,
+					   .gs2 = types[t].gs2,
+					   .cb = types[t].data,
+					   .cb_len = 32,
+					   .user = "user",
+					   .password = "pencil",
+					   .cnonce = "xyz"};
 			struct sasl *s = sasl_new(mech_of((enum scram_hash)h, true), &ctx);
 			assert_non_null(s);
 			assert_int_equal(client_run(s, &c, &creds), SASL_SUCCESS);
@@ -381,10 +395,13 @@ static void test_plus_variants(void **state)
 		}
 
 		/* -PLUS needs "p=". */
-		static const char *const no_p[] = { "n,,", "y,," };
+		static const char *const no_p[] = {"n,,", "y,,"};
 		for (size_t i = 0; i < 2; i++) {
-			struct client c = { .h = (enum scram_hash)h, .gs2 = no_p[i], .user = "user",
-					    .password = "pencil", .cnonce = "xyz" };
+			struct client c = {.h = (enum scram_hash)h,
+					   .gs2 = no_p[i],
+					   .user = "user",
+					   .password = "pencil",
+					   .cnonce = "xyz"};
 			struct sasl *s = sasl_new(mech_of((enum scram_hash)h, true), &ctx);
 			assert_int_equal(client_run(s, &c, &creds), SASL_FAIL);
 			assert_int_equal(c.fail_at, 1);
@@ -398,8 +415,13 @@ static void test_cb_types(void **state)
 	(void)state;
 	struct scram_creds creds = pencil_creds();
 	struct sasl_ctx ctx = ctx_cb(&cb_endpoint_only);
-	struct client c = { .h = SCRAM_SHA256, .gs2 = "p=tls-exporter,,", .cb = exporter,
-			    .cb_len = 32, .user = "user", .password = "pencil", .cnonce = "n" };
+	struct client c = {.h = SCRAM_SHA256,
+			   .gs2 = "p=tls-exporter,,",
+			   .cb = exporter,
+			   .cb_len = 32,
+			   .user = "user",
+			   .password = "pencil",
+			   .cnonce = "n"};
 	struct sasl *s;
 
 	/* Only tls-server-end-point is available: tls-exporter fails. */
@@ -416,8 +438,8 @@ static void test_cb_types(void **state)
 
 	/* Types we do not implement. */
 	ctx = ctx_cb(&cb_both);
-	static const char *const unknown[] = { "p=tls-unique,,", "p=TLS-EXPORTER,,",
-					       "p=tls-exporter-x,," };
+	static const char *const unknown[] = {"p=tls-unique,,", "p=TLS-EXPORTER,,",
+					      "p=tls-exporter-x,,"};
 	for (size_t i = 0; i < 3; i++) {
 		c.gs2 = unknown[i];
 		c.cb = exporter;
@@ -433,8 +455,8 @@ static void test_downgrade(void **state)
 	(void)state;
 	struct scram_creds creds = pencil_creds();
 	struct sasl_ctx with_cb = ctx_cb(&cb_both), without_cb = ctx_plain();
-	struct client c = { .h = SCRAM_SHA256, .gs2 = "y,,", .user = "user",
-			    .password = "pencil", .cnonce = "n" };
+	struct client c = {
+	    .h = SCRAM_SHA256, .gs2 = "y,,", .user = "user", .password = "pencil", .cnonce = "n"};
 	struct sasl *s;
 
 	/* "y" without -PLUS on offer is honest: the client could bind, we cannot. */
@@ -474,8 +496,11 @@ static void test_unknown_user_like_wrong_password(void **state)
 	struct sasl_ctx ctx = ctx_plain();
 
 	for (int h = 0; h < SCRAM_NHASH; h++) {
-		struct client wrong = { .h = (enum scram_hash)h, .gs2 = "n,,", .user = "user",
-					.password = "nope", .cnonce = "cn" };
+		struct client wrong = {.h = (enum scram_hash)h,
+				       .gs2 = "n,,",
+				       .user = "user",
+				       .password = "nope",
+				       .cnonce = "cn"};
 		struct client unknown = wrong, unknown2 = wrong, other = wrong;
 		struct sasl *s1 = sasl_new(mech_of((enum scram_hash)h, false), &ctx);
 		struct sasl *s2 = sasl_new(mech_of((enum scram_hash)h, false), &ctx);
@@ -535,8 +560,8 @@ static void test_stored_bounds(void **state)
 	(void)state;
 	struct scram_creds creds = pencil_creds();
 	struct sasl_ctx ctx = ctx_plain();
-	struct client c = { .h = SCRAM_SHA256, .gs2 = "n,,", .user = "user",
-			    .password = "pencil", .cnonce = "cn" };
+	struct client c = {
+	    .h = SCRAM_SHA256, .gs2 = "n,,", .user = "user", .password = "pencil", .cnonce = "cn"};
 	struct sasl *s;
 
 	creds.k[SCRAM_SHA256].iterations = 20000000;
@@ -591,45 +616,45 @@ static void test_malformed_first(void **state)
 {
 	(void)state;
 	static const char *const bad[] = {
-		"",
-		"n",
-		"n,",
-		"n,,",
-		"x,,n=user,r=abc",
-		"N,,n=user,r=abc",
-		",,n=user,r=abc",
-		"n,,n=user",
-		"n,,n=user,",
-		"n,,r=abc",
-		"n,,r=abc,n=user",
-		"n,,n=,r=abc",
-		"n,,n=us=2Xer,r=abc",       /* bad escape */
-		"n,,n=us=2cer,r=abc",       /* escapes are upper case */
-		"n,,n=user=,r=abc",
-		"n,,n=us=er,r=abc",
-		"n,,m=ext,n=user,r=abc",    /* RFC 5802 §5.1: mandatory extension */
-		"n,,n=user,r=",
-		"n,,n=user,r=ab cd",        /* space is not printable */
-		"n,,n=user,r=ab\x7f",
-		"n,,n=user,r=\xc3\xa9",
-		"n,,n=user,r=abc,",
-		"n,,n=user,r=abc,1=x",
-		"n,,n=user,r=abc,x=",
-		"n,,n=user,r=abc,x",
-		"n,a=,n=user,r=abc",
-		"n,a=x,,n=user,r=abc",
-		"n,b=x,n=user,r=abc",
-		"n,a=x",
-		"p=,,n=user,r=abc",
-		"p=tls exporter,,n=user,r=abc",
-		"p=tls-exporter",
-		"n,,n=\xff\xfe,r=abc",      /* not UTF-8 */
-		"n,,n=\xc0\xaf,r=abc",      /* overlong */
-		"n,,n=a\xed\xa0\x80,r=abc", /* surrogate */
-		"n,a=\xc0\xaf,n=user,r=abc", /* overlong, where PRECIS does not look */
-		"n,a=\xf4\x90\x80\x80,n=user,r=abc", /* beyond U+10FFFF */
-		"n,a=\xe0\x80,n=user,r=abc", /* truncated */
-		"n,,n=user,r=abc,x=a\xe0\x80", /* truncated at the very end */
+	    "",
+	    "n",
+	    "n,",
+	    "n,,",
+	    "x,,n=user,r=abc",
+	    "N,,n=user,r=abc",
+	    ",,n=user,r=abc",
+	    "n,,n=user",
+	    "n,,n=user,",
+	    "n,,r=abc",
+	    "n,,r=abc,n=user",
+	    "n,,n=,r=abc",
+	    "n,,n=us=2Xer,r=abc", /* bad escape */
+	    "n,,n=us=2cer,r=abc", /* escapes are upper case */
+	    "n,,n=user=,r=abc",
+	    "n,,n=us=er,r=abc",
+	    "n,,m=ext,n=user,r=abc", /* RFC 5802 §5.1: mandatory extension */
+	    "n,,n=user,r=",
+	    "n,,n=user,r=ab cd", /* space is not printable */
+	    "n,,n=user,r=ab\x7f",
+	    "n,,n=user,r=\xc3\xa9",
+	    "n,,n=user,r=abc,",
+	    "n,,n=user,r=abc,1=x",
+	    "n,,n=user,r=abc,x=",
+	    "n,,n=user,r=abc,x",
+	    "n,a=,n=user,r=abc",
+	    "n,a=x,,n=user,r=abc",
+	    "n,b=x,n=user,r=abc",
+	    "n,a=x",
+	    "p=,,n=user,r=abc",
+	    "p=tls exporter,,n=user,r=abc",
+	    "p=tls-exporter",
+	    "n,,n=\xff\xfe,r=abc",		 /* not UTF-8 */
+	    "n,,n=\xc0\xaf,r=abc",		 /* overlong */
+	    "n,,n=a\xed\xa0\x80,r=abc",		 /* surrogate */
+	    "n,a=\xc0\xaf,n=user,r=abc",	 /* overlong, where PRECIS does not look */
+	    "n,a=\xf4\x90\x80\x80,n=user,r=abc", /* beyond U+10FFFF */
+	    "n,a=\xe0\x80,n=user,r=abc",	 /* truncated */
+	    "n,,n=user,r=abc,x=a\xe0\x80",	 /* truncated at the very end */
 	};
 	struct sasl_ctx ctx = ctx_plain();
 	char out[512];
@@ -678,28 +703,28 @@ static void test_malformed_final(void **state)
 	struct scram_creds creds = pencil_creds();
 	struct sasl_ctx ctx = ctx_plain();
 	static const char *const bad[] = {
-		"",
-		"c=biws",
-		"c=biws,r=cnSRV",                               /* no proof */
-		"r=cnSRV,c=biws,p=AAAA",                        /* order */
-		"c=biw,r=cnSRV,p=AAAA",                         /* bad base64 */
-		"c=bi ws,r=cnSRV,p=AAAA",
-		"c=biws\n,r=cnSRV,p=AAAA",
-		"c=,r=cnSRV,p=AAAA",
-		"c=eSws,r=cnSRV,p=AAAA",                        /* "y,," is not what was sent */
-		"c=biwsAA==,r=cnSRV,p=AAAA",
-		"c=biws,r=cn,p=AAAA",                           /* client nonce only */
-		"c=biws,r=cnSRVx,p=AAAA",
-		"c=biws,r=,p=AAAA",
-		"c=biws,p=AAAA",
-		"c=biws,r=cnSRV,p=",
-		"c=biws,r=cnSRV,p=AAAA",                        /* proof too short */
-		"c=biws,r=cnSRV,p=AAAA!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-		"c=biws,r=cnSRV,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", /* wrong proof */
-		"c=biws,r=cnSRV,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=", /* bad bits */
-		"c=biws,r=cnSRV,1=x,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-		"c=biws,r=cnSRV,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,x=y",
-		"c=biws,r=cnSRV,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,",
+	    "",
+	    "c=biws",
+	    "c=biws,r=cnSRV",	     /* no proof */
+	    "r=cnSRV,c=biws,p=AAAA", /* order */
+	    "c=biw,r=cnSRV,p=AAAA",  /* bad base64 */
+	    "c=bi ws,r=cnSRV,p=AAAA",
+	    "c=biws\n,r=cnSRV,p=AAAA",
+	    "c=,r=cnSRV,p=AAAA",
+	    "c=eSws,r=cnSRV,p=AAAA", /* "y,," is not what was sent */
+	    "c=biwsAA==,r=cnSRV,p=AAAA",
+	    "c=biws,r=cn,p=AAAA", /* client nonce only */
+	    "c=biws,r=cnSRVx,p=AAAA",
+	    "c=biws,r=,p=AAAA",
+	    "c=biws,p=AAAA",
+	    "c=biws,r=cnSRV,p=",
+	    "c=biws,r=cnSRV,p=AAAA", /* proof too short */
+	    "c=biws,r=cnSRV,p=AAAA!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+	    "c=biws,r=cnSRV,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", /* wrong proof */
+	    "c=biws,r=cnSRV,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=", /* bad bits */
+	    "c=biws,r=cnSRV,1=x,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+	    "c=biws,r=cnSRV,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,x=y",
+	    "c=biws,r=cnSRV,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,",
 	};
 	char out[512];
 
@@ -718,8 +743,12 @@ static void test_malformed_final(void **state)
 
 	/* A proof made over another nonce: right password, but a replay
 	 * of an old exchange looks like this. */
-	struct client c = { .h = SCRAM_SHA256, .gs2 = "n,,", .user = "user", .password = "pencil",
-			    .cnonce = "cn", .final_nonce = "cnSRW" };
+	struct client c = {.h = SCRAM_SHA256,
+			   .gs2 = "n,,",
+			   .user = "user",
+			   .password = "pencil",
+			   .cnonce = "cn",
+			   .final_nonce = "cnSRW"};
 	struct sasl *s2 = sasl_new("SCRAM-SHA-256", &ctx);
 	sasl_set_test_nonce(s2, "SRV");
 	assert_int_equal(client_run(s2, &c, &creds), SASL_FAIL);
@@ -759,8 +788,8 @@ static void test_sequence(void **state)
 	s = sasl_new("SCRAM-SHA-1", &ctx);
 	assert_int_equal(sasl_step(s, NULL, 0, &b), SASL_CONTINUE);
 	assert_int_equal(buf_pending(&b), 0);
-	struct client c = { .h = SCRAM_SHA1, .gs2 = "n,,", .user = "user", .password = "pencil",
-			    .cnonce = "q" };
+	struct client c = {
+	    .h = SCRAM_SHA1, .gs2 = "n,,", .user = "user", .password = "pencil", .cnonce = "q"};
 	assert_int_equal(client_run(s, &c, &creds), SASL_SUCCESS);
 	sasl_free(s);
 
@@ -885,14 +914,14 @@ static void test_plain(void **state)
 		const char *m;
 		size_t len;
 	} malformed[] = {
-		{ PLAIN_MSG("") },
-		{ PLAIN_MSG("user\0pencil") },
-		{ PLAIN_MSG("\0\0pencil") },
-		{ PLAIN_MSG("\0user\0") },
-		{ PLAIN_MSG("\0user\0pen\0cil") },
-		{ PLAIN_MSG("\xff\0user\0pencil") },
-		{ PLAIN_MSG("\0us er\0pencil") },
-		{ PLAIN_MSG("\0user\0\xff") },
+	    {PLAIN_MSG("")},
+	    {PLAIN_MSG("user\0pencil")},
+	    {PLAIN_MSG("\0\0pencil")},
+	    {PLAIN_MSG("\0user\0")},
+	    {PLAIN_MSG("\0user\0pen\0cil")},
+	    {PLAIN_MSG("\xff\0user\0pencil")},
+	    {PLAIN_MSG("\0us er\0pencil")},
+	    {PLAIN_MSG("\0user\0\xff")},
 	};
 	for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
 		s = sasl_new("PLAIN", &ctx);
@@ -927,14 +956,17 @@ static void test_mechanisms(void **state)
 	assert_string_equal(m[3], "PLAIN");
 	assert_null(m[4]);
 
-	static const struct sasl_cbind empty = { 0 };
+	static const struct sasl_cbind empty = {0};
 	assert_int_equal(sasl_mechanisms(true, &empty, true, m, 10), 4);
 
 	assert_int_equal(sasl_mechanisms(true, &cb_both, true, m, 10), 7);
-	static const char *const all[] = { "SCRAM-SHA-512-PLUS", "SCRAM-SHA-256-PLUS",
-					   "SCRAM-SHA-1-PLUS",   "SCRAM-SHA-512",
-					   "SCRAM-SHA-256",      "SCRAM-SHA-1",
-					   "PLAIN" };
+	static const char *const all[] = {"SCRAM-SHA-512-PLUS",
+					  "SCRAM-SHA-256-PLUS",
+					  "SCRAM-SHA-1-PLUS",
+					  "SCRAM-SHA-512",
+					  "SCRAM-SHA-256",
+					  "SCRAM-SHA-1",
+					  "PLAIN"};
 	for (int i = 0; i < 7; i++)
 		assert_string_equal(m[i], all[i]);
 	assert_null(m[7]);
@@ -971,20 +1003,20 @@ static void test_mechanisms(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_rfc5802_sha1),
-		cmocka_unit_test(test_rfc7677_sha256),
-		cmocka_unit_test(test_rfc5802_wrong_proof),
-		cmocka_unit_test(test_every_hash_round_trip),
-		cmocka_unit_test(test_plus_variants),
-		cmocka_unit_test(test_cb_types),
-		cmocka_unit_test(test_downgrade),
-		cmocka_unit_test(test_unknown_user_like_wrong_password),
-		cmocka_unit_test(test_stored_bounds),
-		cmocka_unit_test(test_malformed_first),
-		cmocka_unit_test(test_malformed_final),
-		cmocka_unit_test(test_sequence),
-		cmocka_unit_test(test_plain),
-		cmocka_unit_test(test_mechanisms),
+	    cmocka_unit_test(test_rfc5802_sha1),
+	    cmocka_unit_test(test_rfc7677_sha256),
+	    cmocka_unit_test(test_rfc5802_wrong_proof),
+	    cmocka_unit_test(test_every_hash_round_trip),
+	    cmocka_unit_test(test_plus_variants),
+	    cmocka_unit_test(test_cb_types),
+	    cmocka_unit_test(test_downgrade),
+	    cmocka_unit_test(test_unknown_user_like_wrong_password),
+	    cmocka_unit_test(test_stored_bounds),
+	    cmocka_unit_test(test_malformed_first),
+	    cmocka_unit_test(test_malformed_final),
+	    cmocka_unit_test(test_sequence),
+	    cmocka_unit_test(test_plain),
+	    cmocka_unit_test(test_mechanisms),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

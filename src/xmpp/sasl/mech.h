@@ -17,28 +17,28 @@
 /* Length of the fake salt derived for unknown users; the same as the
  * salt scram_make_creds() draws, so the two cannot be told apart. */
 #define SASL_FAKE_SALT_LEN 16
-#define SCRAM_NONCE_MAX 64
+#define SCRAM_NONCE_MAX	   64
 
 enum sasl_state {
-	SASL_ST_START,   /* nothing received yet */
-	SASL_ST_CREDS,   /* waiting for sasl_supply_creds() */
-	SASL_ST_FINAL,   /* SCRAM: server-first sent, waiting for client-final */
-	SASL_ST_DONE,    /* succeeded or failed; every further step fails */
+	SASL_ST_START, /* nothing received yet */
+	SASL_ST_CREDS, /* waiting for sasl_supply_creds() */
+	SASL_ST_FINAL, /* SCRAM: server-first sent, waiting for client-final */
+	SASL_ST_DONE,  /* succeeded or failed; every further step fails */
 };
 
 struct sasl {
-	const char *mech;        /* static name */
-	bool plain;              /* PLAIN; otherwise SCRAM with hash and plus */
+	const char *mech; /* static name */
+	bool plain;	  /* PLAIN; otherwise SCRAM with hash and plus */
 	enum scram_hash hash;
 	bool plus;
 	enum sasl_state state;
-	bool challenged;         /* sent the empty challenge for a missing initial response */
-	const char *condition;   /* static; set when a step returns SASL_FAIL */
+	bool challenged;       /* sent the empty challenge for a missing initial response */
+	const char *condition; /* static; set when a step returns SASL_FAIL */
 
-	unsigned char *secret;   /* owned copy of the server secret */
+	unsigned char *secret; /* owned copy of the server secret */
 	size_t secret_len;
 	int fake_iterations;
-	bool cb_offered;         /* -PLUS mechanisms were offered on this stream */
+	bool cb_offered; /* -PLUS mechanisms were offered on this stream */
 	unsigned char cb_exporter[SASL_MAX_CBIND];
 	size_t cb_exporter_len;
 	unsigned char cb_endpoint[SASL_MAX_CBIND];
@@ -50,13 +50,13 @@ struct sasl {
 
 	/* SCRAM */
 	char test_nonce[SCRAM_NONCE_MAX + 1]; /* "" unless sasl_set_test_nonce() */
-	struct buf cbind;        /* gs2 header + binding data: what c= must carry */
-	struct buf nonce;        /* client nonce + server nonce */
-	struct buf auth;         /* AuthMessage as far as it is known */
-	struct scram_key key;    /* the account's key, or a fake one */
+	struct buf cbind;		      /* gs2 header + binding data: what c= must carry */
+	struct buf nonce;		      /* client nonce + server nonce */
+	struct buf auth;		      /* AuthMessage as far as it is known */
+	struct scram_key key;		      /* the account's key, or a fake one */
 
 	/* PLAIN */
-	char *password;          /* owned, prepared; wiped once used */
+	char *password; /* owned, prepared; wiped once used */
 	size_t password_len;
 };
 

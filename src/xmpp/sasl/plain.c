@@ -61,7 +61,7 @@ enum sasl_rc plain_response(struct sasl *s, const char *in, size_t len)
 
 /* SHA-256 first: it is what every account has since it was created; the
  * others only serve accounts whose SHA-256 key is missing. */
-static const enum scram_hash plain_pref[] = { SCRAM_SHA256, SCRAM_SHA1, SCRAM_SHA512 };
+static const enum scram_hash plain_pref[] = {SCRAM_SHA256, SCRAM_SHA1, SCRAM_SHA512};
 
 enum sasl_rc plain_verify(struct sasl *s, const struct scram_creds *creds)
 {

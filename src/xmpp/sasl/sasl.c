@@ -25,13 +25,13 @@ struct sasl_mech_def {
 /* Strongest first: the order of <mechanisms/> is the server's preference
  * (RFC 6120 §6.4.1). */
 static const struct sasl_mech_def sasl_mechs[] = {
-	{ "SCRAM-SHA-512-PLUS", false, SCRAM_SHA512, true },
-	{ "SCRAM-SHA-256-PLUS", false, SCRAM_SHA256, true },
-	{ "SCRAM-SHA-1-PLUS", false, SCRAM_SHA1, true },
-	{ "SCRAM-SHA-512", false, SCRAM_SHA512, false },
-	{ "SCRAM-SHA-256", false, SCRAM_SHA256, false },
-	{ "SCRAM-SHA-1", false, SCRAM_SHA1, false },
-	{ "PLAIN", true, SCRAM_SHA256, false },
+    {"SCRAM-SHA-512-PLUS", false, SCRAM_SHA512, true},
+    {"SCRAM-SHA-256-PLUS", false, SCRAM_SHA256, true},
+    {"SCRAM-SHA-1-PLUS", false, SCRAM_SHA1, true},
+    {"SCRAM-SHA-512", false, SCRAM_SHA512, false},
+    {"SCRAM-SHA-256", false, SCRAM_SHA256, false},
+    {"SCRAM-SHA-1", false, SCRAM_SHA1, false},
+    {"PLAIN", true, SCRAM_SHA256, false},
 };
 
 static bool cb_part_usable(const unsigned char *p, size_t len)
@@ -49,14 +49,14 @@ static bool mech_offered(const struct sasl_mech_def *m, bool tls, const struct s
 			 bool allow_plain)
 {
 	if (m->plain)
-		return tls && allow_plain;       /* RFC 4616 §6: never in the clear */
+		return tls && allow_plain; /* RFC 4616 §6: never in the clear */
 	if (m->plus)
 		return tls && cb_usable(cb);
 	return true;
 }
 
-size_t sasl_mechanisms(bool tls, const struct sasl_cbind *cb, bool allow_plain,
-		       const char **out, size_t cap)
+size_t sasl_mechanisms(bool tls, const struct sasl_cbind *cb, bool allow_plain, const char **out,
+		       size_t cap)
 {
 	size_t n = 0;
 

@@ -28,7 +28,7 @@ enum scram_hash { SCRAM_SHA1, SCRAM_SHA256, SCRAM_SHA512, SCRAM_NHASH };
 #define SCRAM_MAX_ITERATIONS 10000000
 
 struct scram_key {
-	int iterations;         /* 0: no key for this hash */
+	int iterations; /* 0: no key for this hash */
 	size_t salt_len;
 	unsigned char salt[SCRAM_MAX_SALT];
 	unsigned char stored_key[SCRAM_MAX_KEY];
@@ -41,7 +41,7 @@ struct scram_creds {
 };
 
 size_t scram_hash_len(enum scram_hash h);
-const char *scram_hash_name(enum scram_hash h);   /* "SHA-1", "SHA-256", "SHA-512" */
+const char *scram_hash_name(enum scram_hash h); /* "SHA-1", "SHA-256", "SHA-512" */
 /* Derives keys for every hash from a password (already prepared with the
  * OpaqueString profile by the caller, or raw: see sasl_prep_password),
  * with a fresh random 16-byte salt per hash. iterations must be within
@@ -52,7 +52,7 @@ int sasl_prep_password(const char *in, size_t len, char *out, size_t cap);
 
 /* Channel binding data of the TLS connection (NULL/0 when absent). */
 struct sasl_cbind {
-	const unsigned char *tls_exporter;   /* 32 bytes, TLS 1.3 only */
+	const unsigned char *tls_exporter; /* 32 bytes, TLS 1.3 only */
 	size_t tls_exporter_len;
 	const unsigned char *tls_server_end_point; /* hash of the server certificate */
 	size_t tls_server_end_point_len;
@@ -64,9 +64,9 @@ struct sasl_cbind {
  * it needs, so the context and everything it points to are only borrowed
  * for the duration of the call. */
 struct sasl_ctx {
-	bool tls;                      /* the stream is encrypted */
-	const struct sasl_cbind *cb;   /* NULL or no data: no -PLUS mechanisms */
-	bool allow_plain;              /* offer PLAIN (never without tls) */
+	bool tls;		     /* the stream is encrypted */
+	const struct sasl_cbind *cb; /* NULL or no data: no -PLUS mechanisms */
+	bool allow_plain;	     /* offer PLAIN (never without tls) */
 	/* Per-server secret (at least 32 bytes) from which fake salts for
 	 * unknown users are derived, so they are stable across attempts. */
 	const unsigned char *server_secret;
@@ -77,10 +77,10 @@ struct sasl_ctx {
 };
 
 enum sasl_rc {
-	SASL_CONTINUE,   /* send a <challenge/> with the output */
+	SASL_CONTINUE,	 /* send a <challenge/> with the output */
 	SASL_NEED_CREDS, /* look up sasl_authcid() and call sasl_supply_creds() */
-	SASL_SUCCESS,    /* send <success/> with the output as additional data */
-	SASL_FAIL,       /* send <failure/> with sasl_condition() */
+	SASL_SUCCESS,	 /* send <success/> with the output as additional data */
+	SASL_FAIL,	 /* send <failure/> with sasl_condition() */
 };
 
 /* Client messages longer than this fail with malformed-request. */
@@ -92,8 +92,8 @@ struct sasl;
  * out[0..cap-1) and NULL-terminated. Returns how many were written.
  * tls: the stream is encrypted; cb: binding data (-PLUS only with some);
  * allow_plain: PLAIN, only with tls. */
-size_t sasl_mechanisms(bool tls, const struct sasl_cbind *cb, bool allow_plain,
-		       const char **out, size_t cap);
+size_t sasl_mechanisms(bool tls, const struct sasl_cbind *cb, bool allow_plain, const char **out,
+		       size_t cap);
 /* Starts a mechanism by name. Returns NULL if it is not offered under
  * these conditions (then answer <invalid-mechanism/>) or the context has
  * no server secret. -PLUS mechanisms are offered exactly when ctx->cb

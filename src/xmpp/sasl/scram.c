@@ -272,7 +272,7 @@ enum sasl_rc scram_client_first(struct sasl *s, const char *in, size_t len)
 	p = cnonce + cnonce_len;
 	while (p < end) {
 		size_t n;
-		p++;    /* the ',' */
+		p++; /* the ',' */
 		n = field_len(p, end);
 		if (!attr_val_valid(p, n))
 			return sasl_fail(s, "malformed-request");
@@ -287,10 +287,10 @@ enum sasl_rc scram_client_first(struct sasl *s, const char *in, size_t len)
 		if (!s->plus)
 			return sasl_fail(s, "malformed-request");
 		if (cb_name_len == 12 && memcmp(cb_name, "tls-exporter", 12) == 0) {
-			cb_data = s->cb_exporter;      /* RFC 9266 */
+			cb_data = s->cb_exporter; /* RFC 9266 */
 			cb_data_len = s->cb_exporter_len;
 		} else if (cb_name_len == 20 && memcmp(cb_name, "tls-server-end-point", 20) == 0) {
-			cb_data = s->cb_endpoint;      /* RFC 5929 §4 */
+			cb_data = s->cb_endpoint; /* RFC 5929 §4 */
 			cb_data_len = s->cb_endpoint_len;
 		}
 		/* A type we do not know, or have no data for, cannot be
