@@ -20,7 +20,15 @@
 #include "xmpp/ns.h"
 #include "xmpp/sasl/sasl.h"
 
-#define SASL_MAX_FAILURES 3 /* RFC 6120 §6.4.5: then the stream is closed */
+/* RFC 6120 §6.4.5: after so many retries the stream is closed. Password
+ * guesses are counted strictly; attempts refused before any password is
+ * checked (a channel-binding type we do not have, a downgrade flag, a
+ * malformed message) get a looser bound of their own, because clients walk
+ * down their mechanism list that way: slixmpp, for one, tries every -PLUS
+ * mechanism with tls-unique (undefined for TLS 1.3, RFC 9266) and then each
+ * SCRAM with the 'y' flag, which RFC 5802 §6 makes us refuse, before PLAIN. */
+#define SASL_MAX_FAILURES 3
+#define SASL_MAX_REJECTS  10
 #define MAX_SASL_BYTES	  16384
 
 enum pause_action { PA_NONE, PA_STARTTLS, PA_RESTART, PA_WAIT };
@@ -293,7 +301,10 @@ static void sasl_failure(struct session *s, const char *cond)
 	struct buf *b = out(s);
 	if (b)
 		buf_printf(b, "<failure xmlns='" NS_SASL "'><%s/></failure>", cond);
-	if (++s->sasl_failures >= SASL_MAX_FAILURES) {
+	bool guess = s->sasl_checked;
+	s->sasl_checked = false;
+	if (guess ? ++s->sasl_failures >= SASL_MAX_FAILURES
+		  : ++s->sasl_rejects >= SASL_MAX_REJECTS) {
 		/* RFC 6120 §6.4.5: too many retries: policy-violation. */
 		session_close(s, "policy-violation", "Too many failed authentication attempts");
 	}
@@ -360,6 +371,11 @@ static void delay_fire(struct timer *t)
  * is counted the same way, so the delay tells nothing either. */
 static void auth_failed(struct session *s, const char *cond)
 {
+	if (!s->sasl_checked) {
+		/* No password was tried: nothing for the brute-force counters. */
+		sasl_failure(s, cond);
+		return;
+	}
 	uint64_t now = loop_now(s->w->loop);
 	throttle_fail(s->conn->peer_ip, now);
 	const char *user = s->sasl ? sasl_authcid(s->sasl) : NULL;
@@ -413,6 +429,7 @@ static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data)
 		return;
 	case SASL_NEED_CREDS:
 		s->refs++;
+		s->sasl_checked = true;
 		pause_input(s);
 		store_user_get_creds(srv->store, s->w->loop, s->host->domain, sasl_authcid(s->sasl),
 				     creds_done, s);
@@ -477,6 +494,7 @@ static void handle_sasl(struct session *s, struct xml_el *el, struct arena *a)
 		return;
 	}
 	if (is_auth) {
+		s->sasl_checked = false;
 		if (s->sasl) {
 			sasl_free(s->sasl);
 			s->sasl = NULL;

@@ -118,7 +118,9 @@ struct session {
 	struct jid jid; /* full JID once bound (malloc); bare part after auth */
 	char *user;	/* authenticated localpart (malloc) */
 	struct sasl *sasl;
-	unsigned sasl_failures;
+	unsigned sasl_failures;         /* attempts that reached a password check */
+	unsigned sasl_rejects;          /* attempts refused before any password check */
+	bool sasl_checked;              /* the current attempt looked up credentials */
 	int priority;
 	struct buf *inbuf;  /* input held back while paused (malloc), or NULL */
 	struct timer timer; /* handshake / idle deadline */
