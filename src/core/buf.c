@@ -89,36 +89,3 @@ void buf_shrink(struct buf *b)
 		b->off = b->len = b->cap = 0;
 	}
 }
-
-void buf_add_xml_escaped(struct buf *b, const char *s, size_t n, int quote)
-{
-	size_t start = 0;
-	for (size_t i = 0; i < n; i++) {
-		const char *rep = NULL;
-		switch (s[i]) {
-		case '&':
-			rep = "&amp;";
-			break;
-		case '<':
-			rep = "&lt;";
-			break;
-		case '>':
-			rep = "&gt;";
-			break;
-		case '"':
-			rep = quote ? "&quot;" : NULL;
-			break;
-		case '\'':
-			rep = quote ? "&apos;" : NULL;
-			break;
-		default:
-			break;
-		}
-		if (rep) {
-			buf_add(b, s + start, i - start);
-			buf_adds(b, rep);
-			start = i + 1;
-		}
-	}
-	buf_add(b, s + start, n - start);
-}

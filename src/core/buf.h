@@ -27,8 +27,6 @@ void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(print
 void buf_consume(struct buf *b, size_t n); /* drop n bytes from the front */
 void buf_reset(struct buf *b);		   /* empty, keep memory */
 void buf_shrink(struct buf *b);		   /* release memory if empty */
-/* Appends s escaped for XML text (quote: also escape " and ') */
-void buf_add_xml_escaped(struct buf *b, const char *s, size_t n, int quote);
 
 static inline size_t buf_pending(const struct buf *b)
 {

@@ -114,11 +114,11 @@ static void send_header(struct session *s, const char *to_attr)
 		    "' xmlns:stream='" NS_STREAMS "' id='");
 	buf_adds(b, s->stream_id);
 	buf_adds(b, "' from='");
-	buf_add_xml_escaped(b, s->host ? s->host->domain : srv->hosts[0].domain,
-			    strlen(s->host ? s->host->domain : srv->hosts[0].domain), 1);
+	const char *dom = s->host ? s->host->domain : srv->hosts[0].domain;
+	xml_escape(b, dom, strlen(dom), true);
 	if (to_attr) {
 		buf_adds(b, "' to='");
-		buf_add_xml_escaped(b, to_attr, strlen(to_attr), 1);
+		xml_escape(b, to_attr, strlen(to_attr), true);
 	}
 	buf_adds(b, "' version='1.0' xml:lang='en'>");
 	s->flags |= SF_OPENED;
@@ -163,7 +163,7 @@ void session_close(struct session *s, const char *cond, const char *text)
 			buf_printf(b, "<stream:error><%s xmlns='" NS_STREAM_ERRORS "'/>", cond);
 			if (text) {
 				buf_adds(b, "<text xmlns='" NS_STREAM_ERRORS "'>");
-				buf_add_xml_escaped(b, text, strlen(text), 0);
+				xml_escape(b, text, strlen(text), false);
 				buf_adds(b, "</text>");
 			}
 			buf_adds(b, "</stream:error>");

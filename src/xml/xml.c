@@ -313,7 +313,7 @@ static bool ncname_ok(const char *name)
  * normalization (XML 1.0 §2.11) does not turn it into LF; in attribute
  * values TAB and LF are too, or attribute-value normalization (§3.3.3)
  * would turn them into spaces. */
-static void put_escaped(struct buf *out, const char *str, size_t n, bool attr)
+void xml_escape(struct buf *out, const char *str, size_t n, bool attr)
 {
 	const unsigned char *s = (const unsigned char *)str;
 	size_t start = 0, i = 0;
@@ -381,7 +381,7 @@ static void put_attr(struct buf *out, const char *prefix, const char *name, cons
 	}
 	buf_adds(out, name);
 	buf_adds(out, "='");
-	put_escaped(out, value, strlen(value), true);
+	xml_escape(out, value, strlen(value), true);
 	buf_addc(out, '\'');
 }
 
@@ -425,7 +425,7 @@ static unsigned attr_prefix_index(const struct xml_el *e, const struct xml_attr 
 static void serialize_el(const struct xml_el *e, const char *parent_ns, struct buf *out)
 {
 	if (xml_is_text(e)) {
-		put_escaped(out, e->text, e->text_len, false);
+		xml_escape(out, e->text, e->text_len, false);
 		return;
 	}
 	/* An element that cannot be written (a name that is not an NCName, or

@@ -58,6 +58,10 @@ const char *xml_text(struct arena *a, const struct xml_el *e);
 struct xml_el *xml_copy(struct arena *a, const struct xml_el *e);
 size_t xml_count_children(const struct xml_el *e);
 
+/* Appends s escaped for XML text (attr false) or an attribute value (attr
+ * true); what XML 1.0 cannot carry becomes U+FFFD. */
+void xml_escape(struct buf *out, const char *s, size_t n, bool attr);
+
 /* Serializes e. parent_ns is the default namespace in scope where e is
  * written (e.g. "jabber:client" inside a client stream): an xmlns
  * declaration is emitted only where an element's namespace differs from

@@ -41,14 +41,10 @@ static void test_buf(void **state)
 	assert_memory_equal(buf_head(&b), "c42-x", 5);
 	buf_consume(&b, 5);
 	assert_int_equal(buf_pending(&b), 0);
-	buf_add_xml_escaped(&b, "<a&'\">", 6, 1);
-	assert_memory_equal(buf_head(&b), "&lt;a&amp;&apos;&quot;&gt;", 26);
 	buf_reset(&b);
-	buf_add_xml_escaped(&b, "'\"", 2, 0);
-	assert_memory_equal(buf_head(&b), "'\"", 2);
 	for (int i = 0; i < 10000; i++)
 		buf_addc(&b, 'x');
-	assert_int_equal(buf_pending(&b), 10002);
+	assert_int_equal(buf_pending(&b), 10000);
 	buf_free(&b);
 }
 
