@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -388,7 +389,7 @@ struct conn *conn_accept(struct loop *l, int fd, const struct sockaddr_storage *
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, c->peer_ip,
 			  sizeof(c->peer_ip));
 	else
-		strcpy(c->peer_ip, "local");
+		snprintf(c->peer_ip, sizeof(c->peer_ip), "local");
 	if (loop_io_add(l, &c->io, EPOLLIN) < 0) {
 		close(fd);
 		free(c);

@@ -248,9 +248,10 @@ static void test_lengths(void **state)
 	jid_free(&j);
 	/* Likewise an A-label: this one is 26 octets, and 60 as a U-label.
 	 * Sixteen of them make 975 octets, seventeen 1036. */
-	buf[0] = '\0';
+	size_t off = 0;
 	for (int i = 0; i < 17; i++)
-		strcat(buf, i ? ".xn--fiqaaaaaaaaaaaaaaaaaaa" : "xn--fiqaaaaaaaaaaaaaaaaaaa");
+		off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s",
+					i ? ".xn--fiqaaaaaaaaaaaaaaaaaaa" : "xn--fiqaaaaaaaaaaaaaaaaaaa");
 	expect_bad(buf);
 	buf[16 * 27 - 1] = '\0';
 	assert_int_equal(jid_parse(&j, buf, strlen(buf), NULL), 0);
