@@ -45,7 +45,11 @@ static int sni_select(SSL *ssl, int *ad, void *arg)
 	const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
 	if (!name)
 		return SSL_TLSEXT_ERR_OK; /* default certificate */
-	struct host *h = host_find(name, strlen(name));
+	/* RFC 4343: host names compare without case; normalize as the
+	 * stream header's 'to' is. */
+	char dom[JID_PART_MAX + 1];
+	int dl = jid_prep_domain(name, strlen(name), dom, sizeof(dom));
+	struct host *h = dl > 0 ? host_find(dom, (size_t)dl) : NULL;
 	if (!h)
 		return SSL_TLSEXT_ERR_OK; /* the stream header will say host-unknown */
 	SSL_CTX *ctx = atomic_load(&h->tls);

@@ -17,11 +17,13 @@ import re
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 from slixmpp.exceptions import IqError
+from slixmpp.xmlstream import ET
 
-from conftest import DOMAIN, PARLEYCTL, PASSWORD, Server, free_port, recv_all, recv_until
+from conftest import DOMAIN, PARLEYCTL, PASSWORD, Server, recv_all, recv_until
 from xmpp_client import Client
 
 DOMAINS = [DOMAIN, "example.test", "chat.example.test"]  # the first is the default
@@ -171,18 +173,58 @@ def first_tag(data, tag, id=None):
     return m.group(0) if m else None
 
 
+class VClient(Client):
+    """slixmpp connecting to 127.0.0.1 would send no SNI and check no name
+    (its default_domain is empty for an IP address): name the JID's domain,
+    and skip DNS, which knows nothing of these domains."""
+
+    def connect(self, *args, **kw):
+        fut = super().connect(*args, **kw)
+        self.default_domain = self.boundjid.domain
+        return fut
+
+    async def _pick_dns_answer(self, domain, port=None):
+        return None
+
+
+def recv_stanza(sock, tag, id=None, timeout=10):
+    """Reads until a whole <tag> (with that id, if given) has arrived;
+    returns it, or None if it does not come."""
+    sock.settimeout(timeout)
+    data = b""
+    end = time.time() + timeout
+    while time.time() < end:
+        el = first_tag(data, tag, id)
+        if el is not None:
+            return el
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return first_tag(data, tag, id)
+
+
+async def in_thread(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
 async def vconnect(srv, jid, resource="test", direct=False):
     """slixmpp login of jid (user@domain); the client's TLS trusts only that
-    domain's certificate and slixmpp checks the name, so a wrong certificate
-    makes the login fail."""
+    domain's certificate and checks the name, so a wrong certificate makes
+    the login fail."""
     dom = jid.split("@", 1)[1]
-    c = Client(f"{jid}/{resource}", cafile=srv.certs[dom], mech="SCRAM-SHA-256",
-               channel_binding=False)
+    c = VClient(f"{jid}/{resource}", mech="SCRAM-SHA-256", channel_binding=False)
     # the system store must not vouch for anything here
     c.ssl_context = ssl.create_default_context(cafile=srv.certs[dom])
     ok = await c.login(srv.c2s_tls if direct else srv.c2s, direct_tls=direct)
     if not ok:
         raise AssertionError(f"login of {jid} failed")
+    # the initial presence is processed before the server answers this
+    # (tests may block the event loop with raw sockets next)
+    await c["xep_0199"].ping(dom, timeout=5)
     return c
 
 
@@ -308,13 +350,38 @@ def test_accounts_belong_to_the_host_of_the_stream(vserver):
     t.close()
 
 
+@pytest.mark.parametrize("stage", ["after-tls", "after-sasl"])
+def test_restarted_stream_cannot_change_host(vserver, stage):
+    """A stream secured (and authenticated) for localhost cannot be
+    restarted as example.test: that would log into example.test behind
+    localhost's certificate."""
+    vserver.adduser("alice@localhost")
+    vserver.adduser("alice@example.test")
+    vserver.start()
+    if stage == "after-tls":
+        s = socket.create_connection(("127.0.0.1", vserver.c2s), timeout=10)
+        open_stream(s, DOMAIN)
+        s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        assert b"<proceed" in recv_until(s, b"/>")
+        t = tls_wrap(s, vserver.certs[DOMAIN], DOMAIN)
+        t.sendall((HEADER % "example.test").encode())
+    else:
+        t, _ = secured(vserver, DOMAIN)
+        assert b"<success" in plain(t, "alice", PASSWORD)
+        t.sendall((HEADER % "example.test").encode())
+    got = recv_all(t, timeout=10)
+    assert f"<host-unknown xmlns='{NS_STREAMS_ERR}'/>".encode() in got, got
+    assert b"<stream:features" not in got, got
+    t.close()
+
+
 def test_slixmpp_login_to_wrong_host_fails(vserver):
     vserver.adduser("alice@example.test")
     vserver.start()
 
     async def run():
-        c = Client("alice@localhost/x", cafile=vserver.certs[DOMAIN], mech="SCRAM-SHA-256",
-                   channel_binding=False)
+        c = VClient("alice@localhost/x", mech="SCRAM-SHA-256", channel_binding=False)
+        c.ssl_context = ssl.create_default_context(cafile=vserver.certs[DOMAIN])
         assert await c.login(vserver.c2s) is False
         await c.close()
         ok = await vconnect(vserver, "alice@example.test")
@@ -350,7 +417,7 @@ def test_disco_info_answers_from_each_domain(vserver):
         for target in DOMAINS:
             t.sendall(f"<iq type='get' id='d-{target}' to='{target}'>"
                       f"<query xmlns='http://jabber.org/protocol/disco#info'/></iq>".encode())
-            iq = first_tag(recv_until(t, b"</iq>"), "iq")
+            iq = recv_stanza(t, "iq", f"d-{target}")
             assert iq is not None
             assert attr(iq, "type") == "result" and attr(iq, "from") == target, iq
         t.close()
@@ -366,7 +433,8 @@ def test_ping_each_domain_from_users_of_the_others(vserver):
             for d in DOMAINS:
                 if d == src:
                     continue
-                iq = c.make_iq_get(queryxmlns="urn:xmpp:ping", ito=d)
+                iq = c.make_iq_get(ito=d)
+                iq.append(ET.Element("{urn:xmpp:ping}ping"))
                 res = await iq.send(timeout=5)
                 assert res["type"] == "result" and res["from"].full == d
                 assert res["to"].full == c.boundjid.full
@@ -452,25 +520,21 @@ def test_jid_domains_are_case_insensitive(vserver):
             assert m["from"].full == "alice@localhost/a"
         # bob answers to an upper-case address of alice
         bob.send_message(mto="alice@LocalHost/a", mbody="back", mtype="chat")
-        got = await asyncio.get_running_loop().run_in_executor(
-            None, recv_until, t, b"</message>")
-        msg = first_tag(got, "message")
-        assert msg is not None and b"<body>back</body>" in msg, got
+        msg = await in_thread(recv_stanza, t, "message")
+        assert msg is not None and b"<body>back</body>" in msg, msg
         assert attr(msg, "from") == "bob@example.test/b"
         # IQs to the host in another case are answered by it, from its name
         for n, to in enumerate(["CHAT.example.test", "Example.Test"]):
             t.sendall(f"<iq type='get' id='p{n}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>"
                       .encode())
-            got = await asyncio.get_running_loop().run_in_executor(
-                None, recv_until, t, b"</iq>")
-            iq = first_tag(got, "iq")
-            assert iq is not None and attr(iq, "type") == "result", got
-            assert attr(iq, "from") == to.lower(), got
+            iq = await in_thread(recv_stanza, t, "iq", f"p{n}")
+            assert iq is not None and attr(iq, "type") == "result", iq
+            assert attr(iq, "from") == to.lower(), iq
         # an unserved domain in upper case is still unserved
         t.sendall(b"<message type='chat' to='bob@UNSERVED.test' id='u'><body>x</body></message>")
-        got = await asyncio.get_running_loop().run_in_executor(
-            None, recv_until, t, b"</message>")
-        assert b"<remote-server-not-found" in got, got
+        msg = await in_thread(recv_stanza, t, "message", "u")
+        assert msg is not None and b"<remote-server-not-found" in msg, msg
+        assert attr(msg, "type") == "error" and attr(msg, "from") == "bob@unserved.test", msg
         t.close()
         await bob.close()
 
