@@ -29,6 +29,7 @@
  * SCRAM with the 'y' flag, which RFC 5802 §6 makes us refuse, before PLAIN. */
 #define SASL_MAX_FAILURES 3
 #define SASL_MAX_REJECTS  10
+#define CLOSE_DEADLINE_MS 5000 /* a closing stream that does not drain is dropped */
 #define MAX_SASL_BYTES	  16384
 
 enum pause_action { PA_NONE, PA_STARTTLS, PA_RESTART, PA_WAIT };
@@ -59,9 +60,10 @@ static void check_queue(struct session *s)
 	if (s->conn && conn_queued(s->conn) > s->w->conf.limits.out_queue_bytes) {
 		LOGS(LOG_INFO, s->id, "output queue over %zu bytes: closing",
 		     s->w->conf.limits.out_queue_bytes);
+		session_unregister(s);
 		s->flags |= SF_CLOSING;
 		conn_close(s->conn, "output queue full");
-		session_unregister(s);
+		loop_timer_set(s->w->loop, &s->timer, CLOSE_DEADLINE_MS);
 	}
 }
 
@@ -124,23 +126,32 @@ static void send_header(struct session *s, const char *to_attr)
 	s->flags |= SF_OPENED;
 }
 
-#define CLOSE_DEADLINE_MS 5000
+static void unavailable_posted(void *arg)
+{
+	struct session *s = arg;
+	struct stanza *st = stanza_new(ST_PRESENCE, "unavailable");
+	stanza_set_from(st, &s->jid);
+	route(st, s);
+	session_unref(s);
+}
 
-/* The session stops being reachable: its contacts and other resources
- * learn it is gone (RFC 6121 §4.5.3), and stanzas for it are routed as
- * if it never existed (RFC 6121 §8.5.3.2) instead of dropped. */
+/* The session stops being reachable: stanzas for it are routed as if it
+ * never existed (RFC 6121 §8.5.3.2) instead of dropped, and its other
+ * resources (later: contacts) learn it is gone (RFC 6121 §4.5.3). The
+ * presence is posted, not routed here: we may be deep inside a delivery
+ * (an output queue that just overflowed), and it must not overtake
+ * stanzas that delivery is still handing out. */
 static void session_unregister(struct session *s)
 {
 	if (!(s->flags & SF_BOUND) || (s->flags & SF_UNBOUND))
 		return;
-	if (s->flags & SF_AVAILABLE) {
-		struct stanza *st = stanza_new(ST_PRESENCE, "unavailable");
-		stanza_set_from(st, &s->jid);
-		route(st, s);
-		s->flags &= ~SF_AVAILABLE;
-	}
 	s->flags |= SF_UNBOUND;
 	registry_unbind(&s->jid, s->id);
+	if (s->flags & SF_AVAILABLE) {
+		s->flags &= ~SF_AVAILABLE;
+		s->refs++;
+		loop_post(s->w->loop, unavailable_posted, s);
+	}
 }
 
 void session_close(struct session *s, const char *cond, const char *text)
@@ -623,8 +634,10 @@ static void handle_bind(struct session *s, struct stanza *st)
 	xml_set_attr(st->arena, st->el, "to", s->jid.s);
 	send_el(s, st->el);
 	stanza_free(st);
-	/* From now on the idle timeout applies. */
-	loop_timer_set(s->w->loop, &s->timer, (uint64_t)s->w->conf.limits.idle_timeout * 1000u);
+	/* From now on the idle timeout applies (unless we are closing). */
+	if (!(s->flags & SF_CLOSING))
+		loop_timer_set(s->w->loop, &s->timer,
+			       (uint64_t)s->w->conf.limits.idle_timeout * 1000u);
 }
 
 /* --- stream callbacks --- */

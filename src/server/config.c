@@ -251,7 +251,7 @@ static const struct opt opts[] = {
      .max = 1024 * MIB,
      .reloadable = true,
      .doc = "Output queued for one slow reader before its session is closed, so one "
-	    "stalled peer cannot hold unbounded memory."},
+	    "stalled peer cannot hold unbounded memory; at least limits.stanza_bytes."},
     {.name = "limits.auth_failures_per_ip",
      .type = OPT_UINT,
      .off = OFF(limits.auth_failures_per_ip),
@@ -841,6 +841,20 @@ static int check_cross(struct loader *l, struct config *c, const unsigned *seen)
 		fmt_size(b, sizeof(b), st);
 		return fail_at(l, line, under_stanza[i], "must not exceed limits.stanza_bytes (%s)",
 			       b);
+	}
+
+	/* One stanza must fit in a reader's queue, or a healthy peer is closed
+	 * on the first large stanza it is sent. */
+	if (c->limits.out_queue_bytes < st) {
+		unsigned line = seen_line(seen, "limits.out_queue_bytes");
+		if (!line) {
+			c->limits.out_queue_bytes = st;
+		} else {
+			char b[32];
+			fmt_size(b, sizeof(b), st);
+			return fail_at(l, line, "limits.out_queue_bytes",
+				       "must be at least limits.stanza_bytes (%s)", b);
+		}
 	}
 
 	/* Two listeners on one port would fail at bind(2) with a less helpful message. */

@@ -34,6 +34,7 @@ struct posted {
 	struct reg_target t;
 	struct stanza *st;
 	const char *kick;
+	bool sole;
 };
 
 static void route_full(struct stanza *st, struct session *origin, struct host *h);
@@ -57,12 +58,17 @@ static void reroute(struct stanza *st)
 		route_bare(st, NULL, h, &st->to);
 }
 
-static void deliver_here(struct session *s, struct stanza *st)
+/* sole: this is the only copy. A copy of a fan-out (several resources of
+ * a bare JID) whose session vanished is dropped: the others have theirs,
+ * and routing it again would hand them a second one. */
+static void deliver_here(struct session *s, struct stanza *st, bool sole)
 {
 	if (s && s->conn && (s->flags & SF_BOUND) && !(s->flags & (SF_CLOSING | SF_UNBOUND)))
 		session_send(s, st);
-	else
+	else if (sole || !jid_is_bare(&st->to))
 		reroute(st);
+	else
+		stanza_free(st);
 }
 
 static void deliver_posted(void *arg)
@@ -76,24 +82,29 @@ static void deliver_posted(void *arg)
 		free(p);
 		return;
 	}
-	deliver_here(s, p->st);
+	deliver_here(s, p->st, p->sole);
 	free(p);
 }
 
-void deliver_to(const struct reg_target *t, struct stanza *st)
+static void deliver_copy(const struct reg_target *t, struct stanza *st, bool sole)
 {
 	struct worker *cur = worker_current();
 	if (t->w == cur) {
 		/* Same thread: the registry entry exists only while the session
 		 * does, so the pointer is good. */
-		deliver_here(t->sess, st);
+		deliver_here(t->sess, st, sole);
 		return;
 	}
 	struct posted *p = malloc(sizeof(*p));
 	if (!p)
 		die_oom();
-	*p = (struct posted){.t = *t, .st = st};
+	*p = (struct posted){.t = *t, .st = st, .sole = sole};
 	loop_post(t->w->loop, deliver_posted, p);
+}
+
+void deliver_to(const struct reg_target *t, struct stanza *st)
+{
+	deliver_copy(t, st, true);
 }
 
 void kick_session(const struct reg_target *t, const char *cond)
@@ -111,9 +122,9 @@ void kick_session(const struct reg_target *t, const char *cond)
 static void deliver_many(struct stanza *st, const struct reg_target *t, size_t n)
 {
 	for (size_t i = 0; i + 1 < n; i++)
-		deliver_to(&t[i], stanza_dup(st));
+		deliver_copy(&t[i], stanza_dup(st), false);
 	if (n)
-		deliver_to(&t[n - 1], st);
+		deliver_copy(&t[n - 1], st, n == 1);
 	else
 		stanza_free(st);
 }

@@ -1,5 +1,6 @@
 #include "server/throttle.h"
 
+#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
@@ -15,15 +16,17 @@ struct slot {
 
 static struct slot slots[THROTTLE_SLOTS];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t seed;
+static uint64_t seed; /* random, set once under the lock */
 
-/* FNV-1a with a per-process seed: keys are attacker-chosen (IPs, user
- * names), so collisions must not be predictable. A collision only merges
- * two counters, which errs on the side of throttling. */
+/* FNV-1a over a random per-process seed: keys are attacker-chosen (IPs,
+ * user names), so which keys share a neighbourhood must not be
+ * predictable. A collision only merges two counters, which errs on the
+ * side of throttling. Called with the lock held. */
 static uint64_t key_hash(const char *k)
 {
-	if (!seed)
-		seed = 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)&lock;
+	while (!seed)
+		if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1)
+			seed = 0; /* keep trying: OpenSSL's RNG does not fail once seeded */
 	uint64_t h = 0xcbf29ce484222325ull ^ seed;
 	for (; *k; k++) {
 		h ^= (unsigned char)*k;
@@ -68,8 +71,8 @@ static struct slot *find(uint64_t h, uint64_t now, int create)
 
 unsigned throttle_count(const char *key, uint64_t now_ms)
 {
-	uint64_t h = key_hash(key);
 	pthread_mutex_lock(&lock);
+	uint64_t h = key_hash(key);
 	struct slot *s = find(h, now_ms, 0);
 	unsigned n = s ? s->count : 0;
 	pthread_mutex_unlock(&lock);
@@ -78,8 +81,8 @@ unsigned throttle_count(const char *key, uint64_t now_ms)
 
 unsigned throttle_fail(const char *key, uint64_t now_ms)
 {
-	uint64_t h = key_hash(key);
 	pthread_mutex_lock(&lock);
+	uint64_t h = key_hash(key);
 	struct slot *s = find(h, now_ms, 1);
 	unsigned n = ++s->count;
 	pthread_mutex_unlock(&lock);

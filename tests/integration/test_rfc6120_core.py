@@ -261,3 +261,20 @@ def test_failed_logins_delayed_per_account(tmp_path):
         assert b"<success" in reply
     finally:
         assert srv.stop() == 0
+
+
+def test_dropped_connection_sends_one_unavailable(server):
+    """RFC 6121 §4.5.3: a resource whose connection drops is announced
+    unavailable to the account's other resources, exactly once."""
+    server.adduser("alice")
+    server.start()
+    b, _ = raw_login(server, "alice", resource="B")
+    b.sendall(b"<presence/>")
+    assert b"from='alice@localhost/B'" in recv_until(b, b"/>")
+    a, _ = raw_login(server, "alice", resource="A")
+    a.sendall(b"<presence/>")
+    got = recv_until(b, b"from='alice@localhost/A'")
+    assert b"<presence from='alice@localhost/A' to='alice@localhost'/>" in got
+    a.close()  # no </stream:stream>: the TCP connection just goes
+    got = recv_until(b, b"never", timeout=3)
+    assert got.count(b"type='unavailable' from='alice@localhost/A'") == 1, got
