@@ -98,6 +98,39 @@ void session_send(struct session *s, struct stanza *st)
 	stanza_free(st);
 }
 
+/* --- the module API's view of a session --- */
+
+void **session_slot(struct session *s, enum sess_slot k)
+{
+	ASSERT(k < SLOT_MAX);
+	return &s->slots[k];
+}
+
+const struct jid *session_jid(const struct session *s)
+{
+	return &s->jid;
+}
+
+bool session_available(const struct session *s)
+{
+	return s->flags & SF_AVAILABLE;
+}
+
+int session_priority(const struct session *s)
+{
+	return s->priority;
+}
+
+struct host *session_host(const struct session *s)
+{
+	return s->host;
+}
+
+void session_deliver(struct session *s, struct stanza *st)
+{
+	session_send(s, st);
+}
+
 static void send_header(struct session *s, const char *to_attr)
 {
 	struct buf *b = out(s);
@@ -634,6 +667,8 @@ static void handle_bind(struct session *s, struct stanza *st)
 	xml_set_attr(st->arena, st->el, "to", s->jid.s);
 	send_el(s, st->el);
 	stanza_free(st);
+	struct hook_ev bound = {.origin = s, .host = s->host, .dest = DEST_SELF};
+	hooks_run(s->host, HP_SESSION_BOUND, &bound);
 	/* From now on the idle timeout applies (unless we are closing). */
 	if (!(s->flags & SF_CLOSING))
 		loop_timer_set(s->w->loop, &s->timer,
@@ -922,6 +957,10 @@ static void on_tls_ready(struct conn *c)
 
 static void session_free(struct session *s)
 {
+	if ((s->flags & SF_BOUND) && s->host) {
+		struct hook_ev ev = {.origin = s, .host = s->host, .dest = DEST_SELF};
+		hooks_run(s->host, HP_SESSION_FREE, &ev);
+	}
 	sasl_free(s->sasl);
 	xmlstream_free(s->xs);
 	if (s->inbuf) {

@@ -45,9 +45,28 @@ struct iq_reg {
 
 /* Hook points for what is not an IQ with a registered payload. */
 enum hook_point {
-	HP_MESSAGE,  /* every message before delivery, any dest */
-	HP_PRESENCE, /* every presence before delivery, any dest */
-	HP_IQ,	     /* IQs with no registered payload handler */
+	HP_MESSAGE, /* every message before delivery, any dest */
+	/* Every presence with a 'to' (directed, subscriptions, probes) before
+	 * delivery; for a local sender ev->origin is set. Not fired for
+	 * broadcast presence (no 'to'): see HP_PRESENCE_BROADCAST. */
+	HP_PRESENCE,
+	HP_IQ, /* IQs with no registered payload handler */
+	/* A local session's broadcast presence (no 'to'; available or
+	 * unavailable), after the core recorded its availability and priority
+	 * and before it delivers it to the account's own resources (RFC 6121
+	 * §4.2.2, §4.5.2). Observe only: handlers must not consume ev->st
+	 * (copy it with stanza_dup) and must return HOOK_PASS. Also fired with
+	 * an unavailable presence when an available session ends. */
+	HP_PRESENCE_BROADCAST,
+	/* A message of type chat or normal to a local bare JID (or a full JID
+	 * treated as bare) with no available resource (RFC 6121 §8.5.2.2.1).
+	 * A handler that stores it returns HOOK_DONE; otherwise the sender
+	 * gets service-unavailable. */
+	HP_MESSAGE_OFFLINE,
+	/* After resource binding (ev->st NULL, ev->origin the session). */
+	HP_SESSION_BOUND,
+	/* The session is being freed (ev->st NULL): release per-session state. */
+	HP_SESSION_FREE,
 	HP_COUNT
 };
 
@@ -90,6 +109,40 @@ void ev_send(struct hook_ev *ev);
 void ev_error(struct hook_ev *ev, enum st_err cond, const char *text);
 /* Shorthand: empty result, sent. */
 void ev_reply_result(struct hook_ev *ev);
+
+/* --- Sessions, for modules ---
+ * A session pointer is only valid on its own worker, inside a handler
+ * whose ev->origin it is, or inside a session_call() callback. */
+enum sess_slot { SLOT_ROSTER, SLOT_PRESENCE, SLOT_OFFLINE, SLOT_BLOCKING, SLOT_MAX = 8 };
+/* Per-session state of a module (initially NULL; free it in HP_SESSION_FREE). */
+void **session_slot(struct session *s, enum sess_slot k);
+const struct jid *session_jid(const struct session *s); /* full JID once bound */
+bool session_available(const struct session *s);
+int session_priority(const struct session *s);
+struct host *session_host(const struct session *s);
+/* Sends a stanza to this session only (consumes it). */
+void session_deliver(struct session *s, struct stanza *st);
+
+/* A bound resource as the shared registry knows it (copied out). */
+struct resource_ref {
+	unsigned long long sess_id;
+	void *priv[2]; /* the worker and the session; use session_call() */
+	int priority;
+	bool available;
+};
+/* The bound resources of a local bare JID (up to cap); returns how many
+ * there are. */
+size_t resources_of(const struct jid *bare, struct resource_ref *out, size_t cap);
+/* Runs fn(s, arg) on the worker that owns r's session, if it still exists;
+ * otherwise fn(NULL, arg), so arg is always released by fn. */
+void session_call(const struct resource_ref *r, void (*fn)(struct session *s, void *arg),
+		  void *arg);
+
+/* --- Storage, for modules --- */
+struct store;
+struct store *server_store(void);
+/* The origin to give store calls so completions run on this worker. */
+void *worker_origin(void);
 
 /* Server facts for modules. */
 const char *host_domain(const struct host *h);

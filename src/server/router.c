@@ -173,8 +173,15 @@ static void route_bare(struct stanza *st, struct session *origin, struct host *h
 			deliver_many(st, pick, np);
 			return;
 		}
-		/* §8.5.2.2.1: no available resource. Offline storage comes with
-		 * the IM issue; until then the sender learns it was not delivered. */
+		/* §8.5.2.2.1: no available resource: offline storage, if a
+		 * module takes it; otherwise the sender learns it was not
+		 * delivered. */
+		{
+			struct hook_ev ev = {
+			    .st = st, .origin = origin, .host = h, .dest = DEST_BARE};
+			if (hooks_run(h, HP_MESSAGE_OFFLINE, &ev) == HOOK_DONE)
+				return;
+		}
 		bounce(st, SE_SERVICE_UNAVAILABLE, NULL);
 		return;
 	}
@@ -241,6 +248,9 @@ static void presence_broadcast(struct stanza *st, struct session *origin)
 	for (size_t i = 0; i < n; i++)
 		if (all[i].available || all[i].sess_id == origin->id)
 			pick[np++] = all[i];
+	struct hook_ev ev = {.st = st, .origin = origin, .host = origin->host, .dest = DEST_SELF};
+	hooks_run(origin->host, HP_PRESENCE_BROADCAST, &ev);
+	ASSERT(ev.st == st); /* observe-only hook */
 	struct jid bare;
 	jid_bare(&bare, &origin->jid, st->arena);
 	stanza_set_to(st, &bare);
@@ -282,10 +292,6 @@ void route(struct stanza *st, struct session *origin)
 		}
 		h = origin->host;
 		if (st->kind == ST_PRESENCE) {
-			struct hook_ev ev = {
-			    .st = st, .origin = origin, .host = h, .dest = DEST_SELF};
-			if (hooks_run(h, HP_PRESENCE, &ev) == HOOK_DONE)
-				return;
 			presence_broadcast(st, origin);
 			return;
 		}
@@ -337,6 +343,47 @@ void route(struct stanza *st, struct session *origin)
 }
 
 /* --- the module API --- */
+
+size_t resources_of(const struct jid *bare, struct resource_ref *out, size_t cap)
+{
+	struct reg_target t[MAX_TARGETS];
+	size_t n = registry_find_bare(bare, t, MAX_TARGETS);
+	for (size_t i = 0; i < n && i < cap && i < MAX_TARGETS; i++)
+		out[i] = (struct resource_ref){.sess_id = t[i].sess_id,
+					       .priv = {t[i].w, t[i].sess},
+					       .priority = t[i].priority,
+					       .available = t[i].available};
+	return n;
+}
+
+struct call {
+	struct worker *w;
+	uint64_t sess_id;
+	void (*fn)(struct session *s, void *arg);
+	void *arg;
+};
+
+static void call_posted(void *p)
+{
+	struct call *c = p;
+	struct session *s = worker_session(c->w, c->sess_id);
+	if (s && (!s->conn || (s->flags & (SF_CLOSING | SF_UNBOUND))))
+		s = NULL;
+	c->fn(s, c->arg);
+	free(c);
+}
+
+void session_call(const struct resource_ref *r, void (*fn)(struct session *s, void *arg), void *arg)
+{
+	struct call *c = malloc(sizeof(*c));
+	if (!c)
+		die_oom();
+	*c = (struct call){.w = r->priv[0], .sess_id = r->sess_id, .fn = fn, .arg = arg};
+	if (c->w == worker_current())
+		call_posted(c);
+	else
+		loop_post(c->w->loop, call_posted, c);
+}
 
 struct stanza *ev_result(struct hook_ev *ev)
 {

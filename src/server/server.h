@@ -118,9 +118,9 @@ struct session {
 	struct jid jid; /* full JID once bound (malloc); bare part after auth */
 	char *user;	/* authenticated localpart (malloc) */
 	struct sasl *sasl;
-	unsigned sasl_failures;         /* attempts that reached a password check */
-	unsigned sasl_rejects;          /* attempts refused before any password check */
-	bool sasl_checked;              /* the current attempt looked up credentials */
+	unsigned sasl_failures; /* attempts that reached a password check */
+	unsigned sasl_rejects;	/* attempts refused before any password check */
+	bool sasl_checked;	/* the current attempt looked up credentials */
 	int priority;
 	struct buf *inbuf;  /* input held back while paused (malloc), or NULL */
 	struct timer timer; /* handshake / idle deadline */
@@ -133,6 +133,7 @@ struct session {
 	bool cb_have_exporter;
 	struct session *next, *prev; /* worker's list */
 	char stream_id[24];
+	void *slots[SLOT_MAX]; /* module state (module.h) */
 };
 
 void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls);

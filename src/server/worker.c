@@ -34,6 +34,17 @@ struct worker *worker_current(void)
 	return cur_worker;
 }
 
+struct store *server_store(void)
+{
+	return srv->store;
+}
+
+void *worker_origin(void)
+{
+	ASSERT(cur_worker);
+	return cur_worker->loop;
+}
+
 struct host *host_find(const char *domain, size_t len)
 {
 	for (size_t i = 0; i < srv->n_hosts; i++)

@@ -31,6 +31,8 @@
  * together with its schema_version row. Foreign keys are on, and
  * PRAGMA foreign_keys cannot change inside a transaction, so a step that
  * rebuilds a table must keep every reference valid as it goes. */
+#include "storage/schema.h"
+
 static const char *const migrations[] = {
     /* 1: accounts and server settings */
     "CREATE TABLE users ("
@@ -51,8 +53,17 @@ static const char *const migrations[] = {
     "CREATE TABLE meta ("
     "  key TEXT PRIMARY KEY,"
     "  value BLOB NOT NULL);",
+    /* 2.. : each feature's schema, defined beside its queries */
+    store_schema_roster,  /* 2: rosters and subscriptions (roster_sqlite.c) */
+    store_schema_offline, /* 3: offline messages (offline_sqlite.c) */
+    store_schema_account, /* 4: vCards, private XML, last activity (account_sqlite.c) */
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+int store_schema_latest(void)
+{
+	return STORE_SCHEMA_VERSION;
+}
 
 struct cached_stmt {
 	sqlite3_stmt *st;

@@ -84,6 +84,8 @@ int store_meta_set_sync(struct store *s, const char *key, const unsigned char *v
 
 /* Schema version after migrations (for tests and `parleyctl check`). */
 int store_schema_version(struct store *s);
+/* The version this binary migrates to. */
+int store_schema_latest(void);
 
 /* Counters since open, for metrics and tests. commits < writes shows
  * group commit at work. */

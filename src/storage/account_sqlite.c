@@ -1,0 +1,4 @@
+/* placeholder: being written */
+#include "storage/schema.h"
+
+const char store_schema_account[] = "SELECT 1;";
