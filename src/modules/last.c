@@ -1,0 +1,6 @@
+/* placeholder: being written */
+#include "server/module.h"
+
+const struct module mod_last = {
+	.name = "last",
+};
