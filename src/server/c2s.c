@@ -265,6 +265,7 @@ static void send_features(struct session *s)
 		buf_adds(b, "<bind xmlns='" NS_BIND "'/>");
 		/* RFC 6121 Appendix E / RFC 3921 session: offered as optional. */
 		buf_adds(b, "<session xmlns='" NS_SESSION "'><optional/></session>");
+		buf_adds(b, s->host->stream_features);
 	}
 	/* XEP-0478: tell the client our limits. */
 	buf_printf(b,

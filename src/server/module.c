@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/arena.h"
+#include "core/buf.h"
 #include "core/log.h"
 
 struct iq_entry {
@@ -83,6 +84,12 @@ void modules_register(struct host *h)
 		}
 	}
 	qsort(h->features, nf, sizeof(*h->features), cmp_str);
+	struct buf sf = BUF_INIT;
+	for (const struct module *const *mp = parley_modules; *mp; mp++)
+		for (const char *const *f = (*mp)->stream_features; f && *f; f++)
+			buf_adds(&sf, *f);
+	buf_addc(&sf, '\0');
+	h->stream_features = sf.data; /* owned */
 	h->n_features = nf;
 }
 
@@ -105,6 +112,8 @@ void modules_unregister(struct host *h)
 	}
 	free(h->features);
 	h->features = NULL;
+	free(h->stream_features);
+	h->stream_features = NULL;
 	h->n_features = 0;
 }
 

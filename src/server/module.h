@@ -93,6 +93,9 @@ struct module {
 	const struct iq_reg *iqs;	       /* { 0 }-terminated */
 	const struct hook_reg *hooks;	       /* { .fn = NULL }-terminated */
 	const struct xep_ref *xeps;	       /* { 0 }-terminated */
+	/* Stream features offered after authentication, as XML (e.g.
+	 * "<ver xmlns='urn:xmpp:features:rosterver'/>"), NULL-terminated. */
+	const char *const *stream_features;
 };
 
 /* --- What handlers may call --- */

@@ -46,6 +46,7 @@ struct host {
 	} * hooks[HP_COUNT]; /* sorted by prio, NULL-terminated by reg == NULL */
 	size_t n_hooks[HP_COUNT];
 	const char **features; /* disco#info features of all modules, sorted */
+	char *stream_features; /* modules' post-auth stream features, concatenated */
 	size_t n_features;
 };
 
