@@ -87,6 +87,16 @@ struct loop *loop_new(void)
 	return l;
 }
 
+bool loop_drain(struct loop *l)
+{
+	bool ran = false;
+	while (atomic_load_explicit(&l->inbox, memory_order_acquire)) {
+		inbox_drain(&l->wake, 0);
+		ran = true;
+	}
+	return ran;
+}
+
 void loop_free(struct loop *l)
 {
 	if (!l)

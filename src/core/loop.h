@@ -38,6 +38,10 @@ struct timer {
 
 struct loop *loop_new(void);
 void loop_free(struct loop *l);
+/* Runs what is posted to l until nothing is left, on the calling thread
+ * (the loop's own, or one that has taken its place after it stopped).
+ * Returns whether anything ran. */
+bool loop_drain(struct loop *l);
 void loop_run(struct loop *l);	/* until loop_stop() */
 void loop_stop(struct loop *l); /* from the loop's own thread */
 

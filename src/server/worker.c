@@ -253,6 +253,10 @@ static void *worker_main(void *arg)
 		else
 			break;
 	}
+	/* What was posted to us in the last iteration (the unavailable
+	 * presence of a session that closed in it, and what it sets off) runs
+	 * here, on this worker, while the store is open. */
+	loop_drain(w->loop);
 	conn_loop_done();
 	return NULL;
 }
@@ -406,8 +410,21 @@ void server_run(void)
 		loop_post(srv->workers[i].loop, post_shutdown, &srv->workers[i]);
 	for (unsigned i = 0; i < srv->n_workers; i++)
 		pthread_join(srv->workers[i].thread, NULL);
-	/* The store first: its last completions are posted to the worker
-	 * loops, which run them (on this thread) when they are freed. */
+	/* Work still posted between the stopped workers (and the store's
+	 * completions, which may ask the store again) runs here, with this
+	 * thread standing in for each worker in turn, until nothing is left;
+	 * only then does the store close. */
+	for (int round = 0; round < 64; round++) {
+		store_barrier(srv->store);
+		bool ran = false;
+		for (unsigned i = 0; i < srv->n_workers; i++) {
+			cur_worker = &srv->workers[i];
+			ran |= loop_drain(srv->workers[i].loop);
+		}
+		if (!ran)
+			break;
+	}
+	cur_worker = NULL;
 	store_close(srv->store);
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		struct worker *w = &srv->workers[i];

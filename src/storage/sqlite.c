@@ -361,6 +361,21 @@ void store_job_submit(struct store *s, struct store_job *job)
 	store_enqueue(s, job);
 }
 
+static int barrier_run(struct store_job *job, struct store_db *db)
+{
+	(void)job;
+	(void)db;
+	return STORE_OK;
+}
+
+void store_barrier(struct store *s)
+{
+	/* Requests run in order: when this one has run, all before it have,
+	 * and their completions were posted before it finished. */
+	struct store_job job = {.run = barrier_run};
+	store_job_sync(s, &job);
+}
+
 int store_job_sync(struct store *s, struct store_job *job)
 {
 	/* Waiting on ourselves would never end. */

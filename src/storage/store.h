@@ -40,6 +40,9 @@ enum store_rc {
  * _sync API is used. Returns NULL and logs on failure, including a
  * database whose schema is newer than this binary. */
 struct store *store_open(const char *path, store_post_fn *post);
+/* Waits until every request submitted before it has run and its
+ * completion has been posted (shutdown: drain before close). */
+void store_barrier(struct store *s);
 void store_close(struct store *s); /* drains pending requests, joins the thread */
 
 /* Completion of an asynchronous write: rc is an enum store_rc. */
