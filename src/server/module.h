@@ -144,7 +144,8 @@ void session_call(const struct resource_ref *r, void (*fn)(struct session *s, vo
 /* --- Storage, for modules --- */
 struct store;
 struct store *server_store(void);
-/* The origin to give store calls so completions run on this worker. */
+/* The origin to give store calls so completions run on this worker; NULL
+ * off the workers (after the store is closed), where nothing may be stored. */
 void *worker_origin(void);
 
 /* Server facts for modules. */

@@ -41,8 +41,7 @@ struct store *server_store(void)
 
 void *worker_origin(void)
 {
-	ASSERT(cur_worker);
-	return cur_worker->loop;
+	return cur_worker ? cur_worker->loop : NULL;
 }
 
 struct host *host_find(const char *domain, size_t len)
