@@ -41,7 +41,6 @@
 #define OFFLINE_CLAIM_STALE 60u
 #define MAX_RESOURCES	    64
 
-
 /* SLOT_OFFLINE: per-session state (malloc), freed in HP_SESSION_FREE. */
 struct offline_sess {
 	bool delivered; /* stored messages were fetched for this session */

@@ -14,7 +14,9 @@ static const struct spec_row core_specs[] = {
     {"RFC 6120", "XMPP Core", "partial",
      "c2s streams, STARTTLS, SASL, binding, stanza and stream errors; s2s pending"},
     {"RFC 6121", "XMPP IM", "partial",
-     "delivery rules of §8.5 to full and bare JIDs; rosters and subscriptions pending"},
+     "rosters with versioning, subscriptions with pre-approval, presence broadcast, probes "
+     "and directed presence (mod_roster); delivery rules of §8.5 with offline storage; "
+     "blocking and registration pending"},
     {"RFC 7622", "XMPP Address Format", "complete",
      "PRECIS profiles via ICU, IDNA2008 via libidn2"},
     {"RFC 7590", "TLS in XMPP", "complete", "TLS 1.2+, ECDHE AEAD suites, no compression"},

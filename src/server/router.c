@@ -152,8 +152,9 @@ static void route_bare(struct stanza *st, struct session *origin, struct host *h
 	(void)origin;
 	(void)h;
 	if (st->kind == ST_PRESENCE) {
-		/* Until subscriptions arrive (IM issue): directed presence goes to
-		 * every available resource. */
+		/* Directed presence to a bare JID goes to every available
+		 * resource (RFC 6121 §4.6.3); subscription stanzas and probes
+		 * were taken by mod_roster's HP_PRESENCE hook before this. */
 		deliver_many(st, pick, np);
 		return;
 	}
