@@ -43,23 +43,11 @@ static bool ns_reserved(const char *ns)
 	return false;
 }
 
-static void answer_error(struct stanza *st, enum st_err cond, const char *text)
-{
-	struct hook_ev ev = {.st = st};
-	ev_error(&ev, cond, text);
-}
-
-static void answer(struct stanza *st)
-{
-	struct hook_ev ev = {.st = st};
-	ev_send(&ev);
-}
-
 static void private_got(void *ud, int rc, struct xml_el *el)
 {
 	struct stanza *st = ud;
 	if (rc != STORE_OK && rc != STORE_NOT_FOUND) {
-		answer_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
+		route_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
 		return;
 	}
 	/* The asked-for element's name and namespace, before the result
@@ -72,7 +60,7 @@ static void private_got(void *ud, int rc, struct xml_el *el)
 		xml_append(q, el);
 	else
 		xml_add_child(st->arena, q, ns, name); /* nothing stored: the empty element */
-	answer(st);
+	route(st, NULL);
 }
 
 static void private_stored(void *ud, int rc)
@@ -80,11 +68,11 @@ static void private_stored(void *ud, int rc)
 	struct stanza *st = ud;
 	if (rc == STORE_OK) {
 		stanza_make_result(st);
-		answer(st);
+		route(st, NULL);
 	} else if (rc == STORE_NOT_FOUND) {
-		answer_error(st, SE_ITEM_NOT_FOUND, "The account no longer exists");
+		route_error(st, SE_ITEM_NOT_FOUND, "The account no longer exists");
 	} else {
-		answer_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
+		route_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
 	}
 }
 

@@ -33,18 +33,6 @@ static void account_of(const struct stanza *st, char *user, size_t cap)
 /* Completions run on the worker, without the session: the answer is
  * routed to the full JID that asked, like any stanza from the server, and
  * simply dropped if that session has gone meanwhile. */
-static void answer_error(struct stanza *st, enum st_err cond, const char *text)
-{
-	struct hook_ev ev = {.st = st};
-	ev_error(&ev, cond, text);
-}
-
-static void answer(struct stanza *st)
-{
-	struct hook_ev ev = {.st = st};
-	ev_send(&ev);
-}
-
 static void vcard_got(void *ud, int rc, struct xml_el *el)
 {
 	struct stanza *st = ud;
@@ -53,19 +41,19 @@ static void vcard_got(void *ud, int rc, struct xml_el *el)
 	case STORE_OK:
 		stanza_make_result(st);
 		xml_append(st->el, el);
-		answer(st);
+		route(st, NULL);
 		return;
 	case STORE_NOT_FOUND:
 		if (!own) {
-			answer_error(st, SE_ITEM_NOT_FOUND, NULL); /* §3.3 */
+			route_error(st, SE_ITEM_NOT_FOUND, NULL); /* §3.3 */
 			return;
 		}
 		stanza_make_result(st);
 		xml_add_child(st->arena, st->el, NS_VCARD, "vCard"); /* §3.1 */
-		answer(st);
+		route(st, NULL);
 		return;
 	default:
-		answer_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
+		route_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
 		return;
 	}
 }
@@ -75,11 +63,11 @@ static void vcard_stored(void *ud, int rc)
 	struct stanza *st = ud;
 	if (rc == STORE_OK) {
 		stanza_make_result(st);
-		answer(st);
+		route(st, NULL);
 	} else if (rc == STORE_NOT_FOUND) {
-		answer_error(st, SE_ITEM_NOT_FOUND, "The account no longer exists");
+		route_error(st, SE_ITEM_NOT_FOUND, "The account no longer exists");
 	} else {
-		answer_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
+		route_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
 	}
 }
 

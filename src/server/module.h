@@ -103,6 +103,9 @@ struct module {
 /* Routes a stanza (consumes it on every path). origin: the local session
  * it came from, or NULL for stanzas the server itself emits. */
 void route(struct stanza *st, struct session *origin);
+/* Turns st into its error reply and routes it (consumes st); for answers
+ * given later, from a store completion, when there is no hook_ev. */
+void route_error(struct stanza *st, enum st_err cond, const char *text);
 /* Turns ev->st into an empty IQ result and returns it, still owned by ev,
  * for the handler to add a payload; then call ev_send(). */
 struct stanza *ev_result(struct hook_ev *ev);

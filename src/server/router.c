@@ -410,6 +410,15 @@ void ev_error(struct hook_ev *ev, enum st_err cond, const char *text)
 	route(st, ev->origin);
 }
 
+void route_error(struct stanza *st, enum st_err cond, const char *text)
+{
+	if (!stanza_make_error(st, cond, text)) {
+		stanza_free(st);
+		return;
+	}
+	route(st, NULL);
+}
+
 void ev_reply_result(struct hook_ev *ev)
 {
 	ev_result(ev);
