@@ -800,7 +800,7 @@ static void on_element(void *ud, struct xml_el *el, struct arena *a)
 	}
 	if (!(s->flags & SF_AUTHED)) {
 		arena_free(a);
-		/* RFC 6120 §6.4.? : nothing but negotiation before authentication. */
+		/* RFC 6120 §6.4: nothing but negotiation before authentication. */
 		session_close(s, "not-authorized", NULL);
 		return;
 	}

@@ -328,7 +328,7 @@ void route(struct stanza *st, struct session *origin)
 			handle_iq_local(st, origin, h, dest);
 		else
 			stanza_free(
-			    st); /* RFC 6120 §10.4.? : the server handles it; nothing to do */
+			    st); /* RFC 6120 §10.4: the server handles it itself; nothing to do */
 		return;
 	case DEST_FULL:
 		route_full(st, origin, h);

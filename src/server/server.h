@@ -82,8 +82,6 @@ struct server {
 	unsigned char secret[32]; /* fake SCRAM salts for unknown users */
 	SSL_CTX **old_tls;	  /* replaced contexts, freed at exit */
 	size_t n_old_tls;
-	pthread_mutex_t reload_lock;
-	_Atomic unsigned limits_gen; /* bumped on reload */
 };
 
 extern struct server *srv;

@@ -304,7 +304,6 @@ int server_start(const char *config_path, char *err, size_t errlen)
 	srv = calloc(1, sizeof(*srv));
 	if (!srv)
 		die_oom();
-	pthread_mutex_init(&srv->reload_lock, NULL);
 	srv->config_path = strdup(config_path);
 	if (config_load(config_path, &srv->cfg, err, errlen) < 0)
 		return -1;
@@ -435,7 +434,9 @@ void server_run(void)
 	/* Replaced TLS contexts were kept alive for accepts in progress. */
 	for (size_t i = 0; i < srv->n_old_tls; i++)
 		tls_ctx_free(srv->old_tls[i]);
-	for (size_t i = 0; i < srv->n_hosts; i++)
+	for (size_t i = 0; i < srv->n_hosts; i++) {
 		tls_ctx_free(atomic_load(&srv->hosts[i].tls));
+		modules_unregister(&srv->hosts[i]);
+	}
 	LOG(LOG_INFO, "stopped");
 }
