@@ -14,6 +14,7 @@
 struct session;
 struct host;
 struct buf;
+struct store;
 
 enum hook_rc { HOOK_PASS, HOOK_DONE }; /* DONE: the handler consumed ev->st */
 
@@ -45,6 +46,14 @@ struct iq_reg {
 
 /* Hook points for what is not an IQ with a registered payload. */
 enum hook_point {
+	/* Every stanza with a 'to' that is routed between two addresses
+	 * (not a session's own broadcast presence, not an answer to the
+	 * asking session itself), local or remote, before every other hook
+	 * and IQ handler; skipped for stanzas marked unfiltered. ev->host is
+	 * the destination's host, or for a remote destination the sender's
+	 * (NULL if neither is served); ev->dest is 0 for a remote one. A
+	 * handler that consumes ev->st returns HOOK_DONE. */
+	HP_FILTER,
 	HP_MESSAGE, /* every message before delivery, any dest */
 	/* Every presence with a 'to' (directed, subscriptions, probes) before
 	 * delivery; for a local sender ev->origin is set. Not fired for
@@ -96,6 +105,12 @@ struct module {
 	/* Stream features offered after authentication, as XML (e.g.
 	 * "<ver xmlns='urn:xmpp:features:rosterver'/>"), NULL-terminated. */
 	const char *const *stream_features;
+	/* Called once at start, after the store is open and before the
+	 * workers run (may use the store's _sync calls); nonzero refuses to
+	 * start. And once at the end, after the workers and the store have
+	 * stopped. Either may be NULL. */
+	int (*start)(struct store *st);
+	void (*stop)(void);
 };
 
 /* --- What handlers may call --- */

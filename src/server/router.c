@@ -303,12 +303,9 @@ void route(struct stanza *st, struct session *origin)
 		dest = DEST_SELF;
 	} else {
 		h = host_find(st->to.s + st->to.dom_off, st->to.dom_len);
-		if (!h) {
-			/* Server-to-server arrives with the federation issue. */
-			bounce(st, SE_REMOTE_SERVER_NOT_FOUND, NULL);
-			return;
-		}
-		if (!jid_has_local(&st->to))
+		if (!h)
+			dest = 0; /* remote */
+		else if (!jid_has_local(&st->to))
 			dest = DEST_HOST;
 		else if (!jid_is_bare(&st->to))
 			dest = DEST_FULL;
@@ -316,6 +313,19 @@ void route(struct stanza *st, struct session *origin)
 			dest = DEST_SELF;
 		else
 			dest = DEST_BARE;
+	}
+	if (!st->unfiltered) {
+		struct host *fh = h ? h : origin ? origin->host : NULL;
+		if (!fh && st->from.len)
+			fh = host_find(st->from.s + st->from.dom_off, st->from.dom_len);
+		struct hook_ev fev = {.st = st, .origin = origin, .host = fh, .dest = dest};
+		if (fh && hooks_run(fh, HP_FILTER, &fev) == HOOK_DONE)
+			return;
+	}
+	if (!h) {
+		/* Server-to-server arrives with the federation issue. */
+		bounce(st, SE_REMOTE_SERVER_NOT_FOUND, NULL);
+		return;
 	}
 	struct hook_ev ev = {.st = st, .origin = origin, .host = h, .dest = dest};
 	if (st->kind == ST_MESSAGE && hooks_run(h, HP_MESSAGE, &ev) == HOOK_DONE)

@@ -320,6 +320,11 @@ int server_start(const char *config_path, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot create the server secret");
 		return -1;
 	}
+	for (const struct module *const *mp = parley_modules; *mp; mp++)
+		if ((*mp)->start && (*mp)->start(srv->store) != 0) {
+			snprintf(err, errlen, "module %s failed to start", (*mp)->name);
+			return -1;
+		}
 	unsigned n = srv->cfg.workers ? srv->cfg.workers : (unsigned)get_nprocs();
 	if (n < 1)
 		n = 1;
@@ -438,5 +443,8 @@ void server_run(void)
 		tls_ctx_free(atomic_load(&srv->hosts[i].tls));
 		modules_unregister(&srv->hosts[i]);
 	}
+	for (const struct module *const *mp = parley_modules; *mp; mp++)
+		if ((*mp)->stop)
+			(*mp)->stop();
 	LOG(LOG_INFO, "stopped");
 }

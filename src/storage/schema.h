@@ -7,5 +7,6 @@
 extern const char store_schema_roster[];
 extern const char store_schema_offline[];
 extern const char store_schema_account[];
+extern const char store_schema_blocklist[];
 
 #endif

@@ -57,6 +57,7 @@ static const char *const migrations[] = {
     store_schema_roster,  /* 2: rosters and subscriptions (roster_sqlite.c) */
     store_schema_offline, /* 3: offline messages (offline_sqlite.c) */
     store_schema_account, /* 4: vCards, private XML, last activity (account_sqlite.c) */
+    store_schema_blocklist, /* 5: blocklists (blocklist_sqlite.c) */
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 

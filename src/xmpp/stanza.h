@@ -43,6 +43,10 @@ struct stanza {
 	enum st_type type;
 	struct jid from, to; /* len 0: absent */
 	const char *id;	     /* NULL: absent */
+	/* Set by a module on a stanza it emits that must pass the router's
+	 * HP_FILTER hooks (e.g. the unavailable presence a block itself
+	 * sends to the blocked contact). Not copied by stanza_dup. */
+	bool unfiltered;
 };
 
 /* Stanza error conditions (RFC 6120 §8.3.3) with their default types. */
