@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -44,6 +47,11 @@ static const char usage_text[] =
     "  passwd JID              set a new password for JID\n"
     "  deluser JID             delete JID and everything stored for it\n"
     "  list [DOMAIN]           list the accounts, one JID a line\n"
+    "  invite DOMAIN [--days N]\n"
+    "                          print a one-time invitation to register an account\n"
+    "                          on DOMAIN (XEP-0445; the server needs\n"
+    "                          registration: invite or open), valid N days\n"
+    "                          (default 7)\n"
     "\n"
     "Checks:\n"
     "  check config            validate the configuration and each host's\n"
@@ -534,6 +542,60 @@ out:
 	return ret;
 }
 
+/* Invitations (XEP-0401 URI, XEP-0445 token) ---------------------------------- */
+
+static int cmd_invite(const struct args *a)
+{
+	struct config cfg;
+	char host[JID_PART_MAX + 1];
+	unsigned char raw[16], hash[STORE_INVITE_HASH];
+	char token[2 * sizeof(raw) + 1];
+	int ret = 1;
+
+	if (a->n_words != 2)
+		return usage_error("invite takes one DOMAIN");
+	unsigned long days = a->have_days ? a->days : 7;
+	if (days < 1 || days > 3650)
+		return usage_error("--days: 1 to 3650");
+	if (jid_prep_domain(a->words[1], strlen(a->words[1]), host, sizeof(host)) < 0) {
+		fail("invalid domain: %s", a->words[1]);
+		return 1;
+	}
+	if (load_config(a, &cfg) < 0)
+		return 1;
+	if (!config_host(&cfg, host)) {
+		fail("domain %s is not served here (%s)", host, cfg.path);
+		goto out;
+	}
+	if (cfg.registration == REGISTRATION_OFF)
+		fprintf(stderr,
+			"parleyctl: note: registration is off in %s; set "
+			"\"registration: invite\" for this invitation to work\n",
+			cfg.path);
+	if (RAND_bytes(raw, sizeof(raw)) != 1) {
+		fail("no random bytes");
+		goto out;
+	}
+	for (size_t i = 0; i < sizeof(raw); i++)
+		snprintf(token + 2 * i, 3, "%02x", raw[i]);
+	/* Only the hash is stored: the database does not hold usable tokens. */
+	SHA256((const unsigned char *)token, strlen(token), hash);
+	struct store *s = open_store(&cfg);
+	if (!s)
+		goto out;
+	if (store_invite_create_sync(s, host, hash,
+				     (long long)time(NULL) + (long long)days * 86400) != STORE_OK) {
+		fail("store error while saving the invitation");
+	} else {
+		printf("xmpp:%s?register;preauth=%s\n", host, token);
+		ret = 0;
+	}
+	store_close(s);
+out:
+	config_free(&cfg);
+	return ret;
+}
+
 /* Certificates ------------------------------------------------------------ */
 
 static bool exists(const char *path)
@@ -859,6 +921,8 @@ int main(int argc, char **argv)
 		rc = cmd_account(&a, ACC_DEL);
 	else if (!strcmp(cmd, "list"))
 		rc = cmd_list(&a);
+	else if (!strcmp(cmd, "invite"))
+		rc = cmd_invite(&a);
 	else if (!strcmp(cmd, "check"))
 		rc = cmd_check(&a);
 	else if (!strcmp(cmd, "cert"))

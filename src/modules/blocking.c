@@ -594,8 +594,17 @@ static const struct iq_reg blocking_iqs[] = {
     {0},
 };
 
+static enum hook_rc on_account_removed(struct hook_ev *ev)
+{
+	char acct[2 * JID_PART_MAX + 2];
+	snprintf(acct, sizeof(acct), "%.*s", (int)jid_bare_len(&ev->st->from), ev->st->from.s);
+	table_change(acct, OP_CLEAR, NULL, 0);
+	return HOOK_PASS;
+}
+
 static const struct hook_reg blocking_hooks[] = {
     {HP_FILTER, 0, on_filter},
+    {HP_ACCOUNT_REMOVED, 0, on_account_removed},
     {.fn = NULL},
 };
 

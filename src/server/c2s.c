@@ -4,7 +4,9 @@
  * connection. Everything here runs on the session's own worker. */
 #include "server/server.h"
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,6 +219,18 @@ void session_close(struct session *s, const char *cond, const char *text)
 	conn_close(s->conn, cond ? cond : "closed");
 }
 
+#define NS_REGISTER	    "jabber:iq:register"
+#define NS_REGISTER_FEATURE "http://jabber.org/features/iq-register"
+#define NS_IBR_TOKEN	    "urn:xmpp:ibr-token:0" /* XEP-0445 §4 */
+#define NS_PARS		    "urn:xmpp:pars:0"	   /* XEP-0401 / XEP-0445 §5 */
+#define REG_WINDOW_MS	    (3600u * 1000u)
+
+static bool reg_allowed(const struct session *s)
+{
+	return s->host && s->w->conf.registration != REGISTRATION_OFF &&
+	       ((s->flags & SF_TLS) || !s->w->conf.require_encryption);
+}
+
 static void send_features(struct session *s)
 {
 	struct buf *b = out(s);
@@ -260,6 +274,12 @@ static void send_features(struct session *s)
 				buf_adds(b, "<channel-binding type='tls-server-end-point'/>");
 			buf_adds(b, "</sasl-channel-binding>");
 		}
+	}
+	if (!(s->flags & SF_AUTHED) && reg_allowed(s)) {
+		/* XEP-0077 §8, XEP-0445 §4. */
+		if (s->w->conf.registration == REGISTRATION_INVITE)
+			buf_adds(b, "<register xmlns='" NS_IBR_TOKEN "'/>");
+		buf_adds(b, "<register xmlns='" NS_REGISTER_FEATURE "'/>");
 	}
 	if (s->flags & SF_AUTHED) {
 		buf_adds(b, "<bind xmlns='" NS_BIND "'/>");
@@ -611,6 +631,212 @@ static void iq_reply_error(struct session *s, struct stanza *st, enum st_err e, 
 	stanza_free(st);
 }
 
+/* --- in-band registration before authentication (XEP-0077 §3.1, XEP-0445) ---
+ * Only on an encrypted stream (or where encryption is not required), only
+ * when the host's registration mode allows it, at most one account per
+ * stream and limits.registrations_per_ip per address and hour. What an
+ * unauthenticated peer sends here is answered and never routed. */
+
+static void reg_reply(struct session *s, struct stanza *st)
+{
+	xml_set_attr(st->arena, st->el, "to", NULL);
+	xml_set_attr(st->arena, st->el, "from", s->host->domain);
+	if (s->conn)
+		send_el(s, st->el);
+	stanza_free(st);
+}
+
+static void reg_error(struct session *s, struct stanza *st, enum st_err e, const char *text)
+{
+	if (stanza_make_error(st, e, text)) {
+		reg_reply(s, st);
+		return;
+	}
+	stanza_free(st);
+}
+
+struct reg_req {
+	struct session *s; /* referenced */
+	struct stanza *st; /* the request, answered in place */
+	char user[JID_PART_MAX + 1];
+};
+
+static void reg_ip_key(const struct session *s, char *key, size_t cap)
+{
+	snprintf(key, cap, "reg:%s", s->conn ? s->conn->peer_ip : "?");
+}
+
+static void reg_created(void *ud, int rc)
+{
+	struct reg_req *q = ud;
+	struct session *s = q->s;
+	s->reg_busy = false;
+	bool live = s->conn && !(s->flags & SF_CLOSING);
+	if (rc == STORE_OK) {
+		s->reg_done = true;
+		s->reg_invited = false;
+		LOGS(LOG_INFO, s->id, "registered %s@%s in band", q->user, s->host->domain);
+	}
+	if (!live) {
+		stanza_free(q->st);
+	} else if (rc == STORE_OK) {
+		stanza_make_result(q->st);
+		reg_reply(s, q->st);
+	} else if (rc == STORE_EXISTS) {
+		reg_error(s, q->st, SE_CONFLICT, "That username is taken"); /* §3.1 */
+	} else if (rc == STORE_INVITE_INVALID) {
+		s->reg_invited = false;
+		reg_error(s, q->st, SE_NOT_ALLOWED, "The invitation has been used or has expired");
+	} else {
+		reg_error(s, q->st, SE_INTERNAL_SERVER_ERROR, NULL);
+	}
+	free(q);
+	session_unref(s);
+}
+
+static void reg_set(struct session *s, struct stanza *st, struct xml_el *q)
+{
+	const struct worker_conf *wc = &s->w->conf;
+	if (xml_child(q, NS_REGISTER, "remove")) {
+		/* §3.2: nothing to cancel before authentication. */
+		reg_error(s, st, SE_REGISTRATION_REQUIRED, NULL);
+		return;
+	}
+	if (s->reg_done || s->reg_busy) {
+		reg_error(s, st, SE_NOT_ALLOWED, "One registration per connection");
+		return;
+	}
+	if (wc->registration == REGISTRATION_INVITE && !s->reg_invited) {
+		reg_error(s, st, SE_NOT_ALLOWED, "Registration needs an invitation");
+		return;
+	}
+	struct xml_el *u = xml_child(q, NS_REGISTER, "username");
+	struct xml_el *p = xml_child(q, NS_REGISTER, "password");
+	const char *ut = u ? xml_text(st->arena, u) : "", *pt = p ? xml_text(st->arena, p) : "";
+	if (!*ut || !*pt) {
+		reg_error(s, st, SE_NOT_ACCEPTABLE, "A username and a password are required");
+		return;
+	}
+	struct reg_req *r = calloc(1, sizeof(*r));
+	if (!r)
+		die_oom();
+	char pw[ACCOUNT_PASSWORD_MAX + 1];
+	struct jid probe;
+	size_t pl = strlen(pt);
+	if (jid_prep_local(ut, strlen(ut), r->user, sizeof(r->user)) < 0 ||
+	    jid_make(&probe, r->user, s->host->domain, NULL, st->arena) < 0) {
+		free(r);
+		reg_error(s, st, SE_NOT_ACCEPTABLE, "That username is not a valid JID localpart");
+		return;
+	}
+	if (pl > ACCOUNT_PASSWORD_MAX || sasl_prep_password(pt, pl, pw, sizeof(pw)) <= 0) {
+		free(r);
+		reg_error(s, st, SE_NOT_ACCEPTABLE,
+			  "The password must be UTF-8 text without control characters, at most "
+			  "1023 bytes");
+		return;
+	}
+	unsigned limit = wc->limits.registrations_per_ip;
+	char key[96];
+	reg_ip_key(s, key, sizeof(key));
+	/* Counted when tried, not when done: parallel connections must not
+	 * all pass the check before the first account is written. */
+	if (limit && throttle_add(key, loop_now(s->w->loop), REG_WINDOW_MS) > limit) {
+		free(r);
+		OPENSSL_cleanse(pw, sizeof(pw));
+		LOGS(LOG_INFO, s->id, "registration refused: %u accounts from %s this hour", limit,
+		     s->conn->peer_ip);
+		reg_error(s, st, SE_POLICY_VIOLATION,
+			  "Too many accounts registered from your address; try again later");
+		return;
+	}
+	r->s = s;
+	r->st = st;
+	s->refs++;
+	s->reg_busy = true;
+	account_password_write(ACCOUNT_PW_CREATE, s->host->domain, r->user, pw,
+			       s->reg_invited ? s->reg_invite : NULL, reg_created, r);
+	OPENSSL_cleanse(pw, sizeof(pw));
+}
+
+static void reg_token_checked(void *ud, int rc)
+{
+	struct reg_req *q = ud;
+	struct session *s = q->s;
+	if (!s->conn || (s->flags & SF_CLOSING)) {
+		stanza_free(q->st);
+	} else if (rc == STORE_OK) {
+		s->reg_invited = true;
+		stanza_make_result(q->st);
+		reg_reply(s, q->st);
+	} else {
+		s->reg_invited = false;
+		reg_error(s, q->st,
+			  rc == STORE_INVITE_INVALID ? SE_ITEM_NOT_FOUND : SE_INTERNAL_SERVER_ERROR,
+			  rc == STORE_INVITE_INVALID ? "The token is invalid or expired" : NULL);
+	}
+	free(q);
+	session_unref(s);
+}
+
+/* XEP-0445 §5: the client presents its invitation before registering. */
+static void reg_preauth(struct session *s, struct stanza *st, struct xml_el *pa)
+{
+	const char *token = xml_attr(pa, "token");
+	if (!token || !*token || strlen(token) > 256) {
+		reg_error(s, st, SE_BAD_REQUEST, "No token");
+		return;
+	}
+	struct reg_req *r = calloc(1, sizeof(*r));
+	if (!r)
+		die_oom();
+	r->s = s;
+	r->st = st;
+	s->refs++;
+	SHA256((const unsigned char *)token, strlen(token), s->reg_invite);
+	store_invite_check(srv->store, s->w->loop, s->host->domain, s->reg_invite,
+			   reg_token_checked, r);
+}
+
+/* Takes (and answers) a registration IQ before authentication; false if
+ * el is something else, for the caller to refuse. Consumes a if true. */
+static bool preauth_register(struct session *s, struct xml_el *el, struct arena *a)
+{
+	if (!reg_allowed(s) || strcmp(el->ns, NS_CLIENT) || strcmp(el->name, "iq"))
+		return false;
+	struct xml_el *p = xml_first_el(el);
+	bool reg = p && !strcmp(p->ns, NS_REGISTER) && !strcmp(p->name, "query");
+	bool pars = p && !strcmp(p->ns, NS_PARS) && !strcmp(p->name, "preauth");
+	if (!reg && !pars)
+		return false;
+	int err;
+	struct stanza *st = stanza_wrap(el, a, &err);
+	if (err != SE_NONE) {
+		reg_error(s, st, (enum st_err)err, NULL);
+		return true;
+	}
+	if (pars && st->type == ST_SET) {
+		reg_preauth(s, st, p);
+	} else if (reg && st->type == ST_GET) {
+		/* §3.1: the fields we need. */
+		stanza_make_result(st);
+		struct xml_el *q = xml_add_child(st->arena, st->el, NS_REGISTER, "query");
+		const char *text = s->w->conf.registration == REGISTRATION_INVITE
+				       ? "Registration on this server needs an invitation."
+				       : "Choose a username and password.";
+		xml_add_text(st->arena, xml_add_child(st->arena, q, NS_REGISTER, "instructions"),
+			     text, strlen(text));
+		xml_add_child(st->arena, q, NS_REGISTER, "username");
+		xml_add_child(st->arena, q, NS_REGISTER, "password");
+		reg_reply(s, st);
+	} else if (reg && st->type == ST_SET) {
+		reg_set(s, st, p);
+	} else {
+		reg_error(s, st, SE_BAD_REQUEST, NULL);
+	}
+	return true;
+}
+
 static void handle_bind(struct session *s, struct stanza *st)
 {
 	struct xml_el *bind = stanza_payload(st);
@@ -658,7 +884,7 @@ static void handle_bind(struct session *s, struct stanza *st)
 	LOGS(LOG_INFO, s->id, "worker %u bound %s", s->w->idx, s->jid.s);
 	if (rc == 1) {
 		/* RFC 6120 §7.7.2.2: the old session gets a conflict stream error. */
-		kick_session(&old, "conflict");
+		kick_session(&old, "conflict", "Replaced by new connection");
 	}
 	stanza_make_result(st);
 	xml_set_attr(st->arena, st->el, "from", NULL);
@@ -798,6 +1024,8 @@ static void on_element(void *ud, struct xml_el *el, struct arena *a)
 		arena_free(a);
 		return;
 	}
+	if (!(s->flags & SF_AUTHED) && preauth_register(s, el, a))
+		return;
 	if (!(s->flags & SF_AUTHED)) {
 		arena_free(a);
 		/* RFC 6120 §6.4: nothing but negotiation before authentication. */

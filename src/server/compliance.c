@@ -16,7 +16,8 @@ static const struct spec_row core_specs[] = {
     {"RFC 6121", "XMPP IM", "partial",
      "rosters with versioning, subscriptions with pre-approval, presence broadcast, probes "
      "and directed presence (mod_roster); delivery rules of §8.5 with offline storage; "
-     "blocking (XEP-0191) in mod_blocking; in-band registration pending"},
+     "blocking (XEP-0191) in mod_blocking; in-band registration, password change and "
+     "account removal (XEP-0077) with subscriptions cancelled toward contacts"},
     {"RFC 7622", "XMPP Address Format", "complete",
      "PRECIS profiles via ICU, IDNA2008 via libidn2"},
     {"RFC 7590", "TLS in XMPP", "complete", "TLS 1.2+, ECDHE AEAD suites, no compression"},

@@ -52,6 +52,7 @@ static const char *check_domain(char **s);
 
 static const char *const log_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const conflict_names[] = {"kick_old", "refuse_new", NULL};
+static const char *const registration_names[] = {"off", "invite", "open", NULL};
 
 /* The stores below go through int and the names[] index the enum values. */
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum stored as int");
@@ -59,6 +60,8 @@ _Static_assert(sizeof(enum conflict_policy) == sizeof(int), "enum stored as int"
 _Static_assert(LOG_ERROR == 0 && LOG_WARN == 1 && LOG_INFO == 2 && LOG_DEBUG == 3,
 	       "log_names order");
 _Static_assert(CONFLICT_KICK_OLD == 0 && CONFLICT_REFUSE_NEW == 1, "conflict_names order");
+_Static_assert(REGISTRATION_OFF == 0 && REGISTRATION_INVITE == 1 && REGISTRATION_OPEN == 2,
+	       "registration_names order");
 
 #define KIB    1024ull
 #define MIB    (1024ull * 1024)
@@ -162,6 +165,15 @@ static const struct opt opts[] = {
      .reloadable = true,
      .doc = "What happens when a client binds a resource already in use (RFC 6120 "
 	    "§7.7.2.2): kick_old disconnects the old session, refuse_new refuses the new one."},
+    {.name = "registration",
+     .type = OPT_ENUM,
+     .off = OFF(registration),
+     .def = REGISTRATION_OFF,
+     .names = registration_names,
+     .reloadable = true,
+     .doc = "In-band registration of new accounts by clients (XEP-0077): off; invite "
+	    "accepts only clients holding a token from `parleyctl invite` (XEP-0445); open "
+	    "lets anyone register, limited per IP address by limits.registrations_per_ip."},
     {.name = "limits.stanza_bytes",
      .type = OPT_SIZE,
      .off = OFF(limits.stanza_bytes),
@@ -271,6 +283,16 @@ static const struct opt opts[] = {
      .doc = "Failed authentications per account per minute (from anywhere) after which "
 	    "each further failure for it is answered only after a delay; the account is "
 	    "never locked, so its owner can still log in. 0 removes the limit."},
+    {.name = "limits.registrations_per_ip",
+     .type = OPT_UINT,
+     .off = OFF(limits.registrations_per_ip),
+     .def = 3,
+     .min = 0,
+     .max = 10000,
+     .reloadable = true,
+     .doc = "In-band registration attempts one IP address may make per hour, with or "
+	    "without an invitation; a refused attempt counts too, so parallel connections "
+	    "cannot pass the limit together. 0 removes the limit (test setups only)."},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 

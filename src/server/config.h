@@ -19,6 +19,7 @@ struct host_conf {
 };
 
 enum conflict_policy { CONFLICT_KICK_OLD, CONFLICT_REFUSE_NEW };
+enum registration_mode { REGISTRATION_OFF, REGISTRATION_INVITE, REGISTRATION_OPEN };
 
 struct limits_conf {
 	size_t stanza_bytes;	     /* after authentication */
@@ -33,6 +34,7 @@ struct limits_conf {
 	size_t out_queue_bytes;		    /* queued output per session before it is closed */
 	unsigned auth_failures_per_ip;	    /* per minute, then wait */
 	unsigned auth_failures_per_account; /* per minute, then failures are delayed */
+	unsigned registrations_per_ip;	    /* in-band registrations per hour */
 };
 
 struct config {
@@ -52,6 +54,7 @@ struct config {
 	bool sasl_plain; /* offer PLAIN (only ever on encrypted streams) */
 	unsigned scram_iterations;
 	enum conflict_policy resource_conflict;
+	enum registration_mode registration;
 	struct limits_conf limits;
 	struct host_conf *hosts;
 	size_t n_hosts;

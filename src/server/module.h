@@ -76,6 +76,10 @@ enum hook_point {
 	HP_SESSION_BOUND,
 	/* The session is being freed (ev->st NULL): release per-session state. */
 	HP_SESSION_FREE,
+	/* An account was deleted (its stored data is gone): ev->st is a
+	 * stanza whose 'from' is the account's bare JID, observe only;
+	 * ev->origin NULL. Forget what is kept in memory for it. */
+	HP_ACCOUNT_REMOVED,
 	HP_COUNT
 };
 
@@ -165,6 +169,26 @@ struct store *server_store(void);
 /* The origin to give store calls so completions run on this worker; NULL
  * off the workers (after the store is closed), where nothing may be stored. */
 void *worker_origin(void);
+
+/* --- Accounts --- */
+#define ACCOUNT_PASSWORD_MAX 1023 /* bytes, after OpaqueString preparation */
+enum account_pw_op { ACCOUNT_PW_CREATE, ACCOUNT_PW_CHANGE };
+/* Creates an account (ACCOUNT_PW_CREATE; with invite, the SHA-256 of an
+ * invitation token it uses up) or replaces its password, deriving the
+ * SCRAM keys off the event loop (account.c). password: prepared
+ * (sasl_prep_password). cb runs on this worker with the store's rc
+ * (STORE_EXISTS, STORE_NOT_FOUND, STORE_INVITE_INVALID, ...). Workers only. */
+void account_password_write(enum account_pw_op op, const char *host, const char *user,
+			    const char *password, const unsigned char *invite,
+			    void (*cb)(void *ud, int rc), void *ud);
+/* A per-account rate limit shared by all workers: true if bare may do
+ * `what` once more this minute (at most per_minute times). */
+bool account_rate(const struct jid *bare, const char *what, unsigned per_minute);
+/* After an account was deleted from the store: runs HP_ACCOUNT_REMOVED. */
+void account_removed(struct host *h, const struct jid *bare);
+/* Closes every session of the bare JID with a stream error (RFC 6120
+ * §4.9.3), e.g. not-authorized once the account is gone. */
+void account_kick(const struct jid *bare, const char *cond, const char *text);
 
 /* Server facts for modules. */
 const char *host_domain(const struct host *h);

@@ -33,7 +33,7 @@ static void bounce(struct stanza *st, enum st_err e, const char *text)
 struct posted {
 	struct reg_target t;
 	struct stanza *st;
-	const char *kick;
+	const char *kick, *kick_text; /* static strings */
 	bool sole;
 };
 
@@ -78,7 +78,7 @@ static void deliver_posted(void *arg)
 	struct session *s = worker_session(w, p->t.sess_id);
 	if (p->kick) {
 		if (s)
-			session_close(s, p->kick, "Replaced by new connection");
+			session_close(s, p->kick, p->kick_text);
 		free(p);
 		return;
 	}
@@ -107,12 +107,12 @@ void deliver_to(const struct reg_target *t, struct stanza *st)
 	deliver_copy(t, st, true);
 }
 
-void kick_session(const struct reg_target *t, const char *cond)
+void kick_session(const struct reg_target *t, const char *cond, const char *text)
 {
 	struct posted *p = malloc(sizeof(*p));
 	if (!p)
 		die_oom();
-	*p = (struct posted){.t = *t, .kick = cond};
+	*p = (struct posted){.t = *t, .kick = cond, .kick_text = text};
 	/* Always posted, even to our own worker: the caller is in the middle
 	 * of binding and must not see a session vanish under it. */
 	loop_post(t->w->loop, deliver_posted, p);

@@ -31,6 +31,7 @@ struct worker_conf {
 	bool require_encryption;
 	bool sasl_plain;
 	enum conflict_policy conflict;
+	enum registration_mode registration;
 	unsigned scram_iterations;
 };
 void worker_conf_from(struct worker_conf *wc, const struct config *c);
@@ -92,6 +93,9 @@ int server_start(const char *config_path, char *err, size_t errlen);
 void server_run(void);
 
 struct host *host_find(const char *domain, size_t len);
+/* Waits until no key derivation of account.c is still running (its jobs
+ * are queued in the store then): shutdown, before the last drain. */
+void account_wait_idle(void);
 struct worker *worker_current(void); /* the worker running this thread, or NULL */
 
 /* --- Sessions (c2s.c) --- */
@@ -130,7 +134,12 @@ struct session {
 	unsigned char cb_endpoint[64];
 	size_t cb_endpoint_len;
 	bool cb_have_exporter;
-	struct session *next, *prev; /* worker's list */
+	/* In-band registration before authentication (XEP-0077, XEP-0445). */
+	bool reg_busy;		      /* a registration is being written */
+	bool reg_done;		      /* this stream registered an account */
+	bool reg_invited;	      /* a valid invitation token was presented */
+	unsigned char reg_invite[32]; /* its SHA-256 */
+	struct session *next, *prev;  /* worker's list */
 	char stream_id[24];
 	void *slots[SLOT_MAX]; /* module state (module.h) */
 };
@@ -169,8 +178,9 @@ size_t registry_find_bare(const struct jid *bare, struct reg_target *out, size_t
  * stanza is routed again as if to the bare JID (RFC 6121 §8.5.3.2). */
 void deliver_to(const struct reg_target *t, struct stanza *st);
 
-/* Closes a session (possibly on another worker) with a stream error. */
-void kick_session(const struct reg_target *t, const char *cond);
+/* Closes a session (possibly on another worker) with a stream error;
+ * cond and text must be static strings. */
+void kick_session(const struct reg_target *t, const char *cond, const char *text);
 
 /* --- Modules (module.c) --- */
 void modules_register(struct host *h);

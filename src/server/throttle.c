@@ -11,6 +11,7 @@
 struct slot {
 	uint64_t hash; /* 0: empty */
 	uint64_t window_start;
+	uint64_t window; /* ms */
 	unsigned count;
 };
 
@@ -35,20 +36,20 @@ static uint64_t key_hash(const char *k)
 	return h ? h : 1;
 }
 
-static struct slot *find(uint64_t h, uint64_t now, int create)
+static struct slot *find(uint64_t h, uint64_t now, uint64_t window, int create)
 {
 	size_t base = h % THROTTLE_SLOTS;
 	struct slot *victim = NULL;
 	for (size_t i = 0; i < PROBES; i++) {
 		struct slot *s = &slots[(base + i) % THROTTLE_SLOTS];
 		if (s->hash == h) {
-			if (now - s->window_start >= THROTTLE_WINDOW_MS) {
+			if (now - s->window_start >= s->window) {
 				s->window_start = now;
 				s->count = 0;
 			}
 			return s;
 		}
-		bool expired = !s->hash || now - s->window_start >= THROTTLE_WINDOW_MS;
+		bool expired = !s->hash || now - s->window_start >= s->window;
 		if (expired && !victim)
 			victim = s;
 	}
@@ -65,26 +66,37 @@ static struct slot *find(uint64_t h, uint64_t now, int create)
 	}
 	victim->hash = h;
 	victim->window_start = now;
+	victim->window = window;
 	victim->count = 0;
 	return victim;
 }
 
-unsigned throttle_count(const char *key, uint64_t now_ms)
+unsigned throttle_count_in(const char *key, uint64_t now_ms, uint64_t window_ms)
 {
 	pthread_mutex_lock(&lock);
 	uint64_t h = key_hash(key);
-	struct slot *s = find(h, now_ms, 0);
+	struct slot *s = find(h, now_ms, window_ms, 0);
 	unsigned n = s ? s->count : 0;
 	pthread_mutex_unlock(&lock);
 	return n;
 }
 
-unsigned throttle_fail(const char *key, uint64_t now_ms)
+unsigned throttle_add(const char *key, uint64_t now_ms, uint64_t window_ms)
 {
 	pthread_mutex_lock(&lock);
 	uint64_t h = key_hash(key);
-	struct slot *s = find(h, now_ms, 1);
+	struct slot *s = find(h, now_ms, window_ms, 1);
 	unsigned n = ++s->count;
 	pthread_mutex_unlock(&lock);
 	return n;
+}
+
+unsigned throttle_count(const char *key, uint64_t now_ms)
+{
+	return throttle_count_in(key, now_ms, THROTTLE_WINDOW_MS);
+}
+
+unsigned throttle_fail(const char *key, uint64_t now_ms)
+{
+	return throttle_add(key, now_ms, THROTTLE_WINDOW_MS);
 }

@@ -218,6 +218,7 @@ void worker_conf_from(struct worker_conf *wc, const struct config *c)
 	wc->require_encryption = c->c2s_require_encryption;
 	wc->sasl_plain = c->sasl_plain;
 	wc->conflict = c->resource_conflict;
+	wc->registration = c->registration;
 	wc->scram_iterations = c->scram_iterations;
 }
 
@@ -413,6 +414,7 @@ void server_run(void)
 		loop_post(srv->workers[i].loop, post_shutdown, &srv->workers[i]);
 	for (unsigned i = 0; i < srv->n_workers; i++)
 		pthread_join(srv->workers[i].thread, NULL);
+	account_wait_idle();
 	/* Work still posted between the stopped workers (and the store's
 	 * completions, which may ask the store again) runs here, with this
 	 * thread standing in for each worker in turn, until nothing is left;

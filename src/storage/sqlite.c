@@ -54,10 +54,15 @@ static const char *const migrations[] = {
     "  key TEXT PRIMARY KEY,"
     "  value BLOB NOT NULL);",
     /* 2.. : each feature's schema, defined beside its queries */
-    store_schema_roster,  /* 2: rosters and subscriptions (roster_sqlite.c) */
-    store_schema_offline, /* 3: offline messages (offline_sqlite.c) */
-    store_schema_account, /* 4: vCards, private XML, last activity (account_sqlite.c) */
+    store_schema_roster,    /* 2: rosters and subscriptions (roster_sqlite.c) */
+    store_schema_offline,   /* 3: offline messages (offline_sqlite.c) */
+    store_schema_account,   /* 4: vCards, private XML, last activity (account_sqlite.c) */
     store_schema_blocklist, /* 5: blocklists (blocklist_sqlite.c) */
+    /* 6: invitations to register (XEP-0445), by the SHA-256 of the token */
+    "CREATE TABLE invites ("
+    "  token_hash BLOB PRIMARY KEY,"
+    "  host TEXT NOT NULL,"
+    "  expires INTEGER NOT NULL);", /* unix time */
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -638,6 +643,8 @@ struct user_req {
 	const char *host;     /* borrowed: into names[], or the sync caller's */
 	const char *user;
 	struct scram_creds creds;
+	unsigned char invite[STORE_INVITE_HASH]; /* create with an invitation */
+	long long expires;			 /* invitations */
 	store_creds_cb *creds_cb;
 	store_done_cb *done_cb;
 	void *ud;
@@ -721,6 +728,67 @@ static int user_create_run(struct store_job *job, struct store_db *db)
 	if (rc != SQLITE_DONE)
 		return store_db_fail(db, "create user");
 	return keys_put(db, r);
+}
+
+static struct store_query q_invite_use =
+    STORE_QUERY("DELETE FROM invites WHERE token_hash = ?1 AND host = ?2 AND expires > ?3");
+static struct store_query q_invite_check =
+    STORE_QUERY("SELECT 1 FROM invites WHERE token_hash = ?1 AND host = ?2 AND expires > ?3");
+static struct store_query q_invite_insert =
+    STORE_QUERY("INSERT INTO invites (token_hash, host, expires) VALUES (?1, ?2, ?3)");
+static struct store_query q_invite_expired = STORE_QUERY("DELETE FROM invites WHERE expires <= ?1");
+
+static void bind_invite(sqlite3_stmt *st, const struct user_req *r)
+{
+	sqlite3_bind_blob(st, 1, r->invite, STORE_INVITE_HASH, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, r->host, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)time(NULL));
+}
+
+/* The invitation is used up by the same transaction that creates the
+ * account: an account that already exists rolls both back. */
+static int user_create_invited_run(struct store_job *job, struct store_db *db)
+{
+	struct user_req *r = (struct user_req *)job;
+	sqlite3_stmt *st = store_stmt(db, &q_invite_use);
+	if (!st)
+		return STORE_ERROR;
+	bind_invite(st, r);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		return store_db_fail(db, "use invitation");
+	if (!sqlite3_changes(db->h))
+		return STORE_INVITE_INVALID;
+	return user_create_run(job, db);
+}
+
+static int invite_check_run(struct store_job *job, struct store_db *db)
+{
+	struct user_req *r = (struct user_req *)job;
+	sqlite3_stmt *st = store_stmt(db, &q_invite_check);
+	if (!st)
+		return STORE_ERROR;
+	bind_invite(st, r);
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		return STORE_OK;
+	return rc == SQLITE_DONE ? STORE_INVITE_INVALID : store_db_fail(db, "check invitation");
+}
+
+static int invite_create_run(struct store_job *job, struct store_db *db)
+{
+	struct user_req *r = (struct user_req *)job;
+	sqlite3_stmt *st = store_stmt(db, &q_invite_expired);
+	if (!st)
+		return STORE_ERROR;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)time(NULL));
+	if (sqlite3_step(st) != SQLITE_DONE)
+		return store_db_fail(db, "drop expired invitations");
+	if (!(st = store_stmt(db, &q_invite_insert)))
+		return STORE_ERROR;
+	sqlite3_bind_blob(st, 1, r->invite, STORE_INVITE_HASH, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, r->host, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)r->expires);
+	return sqlite3_step(st) == SQLITE_DONE ? STORE_OK : store_db_fail(db, "store invitation");
 }
 
 static int user_set_creds_run(struct store_job *job, struct store_db *db)
@@ -853,6 +921,48 @@ void store_user_create(struct store *s, void *origin, const char *host, const ch
 		       const struct scram_creds *creds, store_done_cb *cb, void *ud)
 {
 	user_write(s, origin, host, user, creds, user_create_run, cb, ud);
+}
+
+void store_user_create_invited(struct store *s, void *origin, const char *host, const char *user,
+			       const struct scram_creds *creds,
+			       const unsigned char hash[STORE_INVITE_HASH], store_done_cb *cb,
+			       void *ud)
+{
+	struct user_req *r = user_req_new(host, user);
+	creds_check(creds);
+	r->creds = *creds;
+	memcpy(r->invite, hash, STORE_INVITE_HASH);
+	r->job.origin = origin;
+	r->job.write = true;
+	r->job.run = user_create_invited_run;
+	r->job.done = write_done;
+	r->done_cb = cb;
+	r->ud = ud;
+	store_job_submit(s, &r->job);
+}
+
+void store_invite_check(struct store *s, void *origin, const char *host,
+			const unsigned char hash[STORE_INVITE_HASH], store_done_cb *cb, void *ud)
+{
+	struct user_req *r = user_req_new(host, "");
+	memcpy(r->invite, hash, STORE_INVITE_HASH);
+	r->job.origin = origin;
+	r->job.run = invite_check_run;
+	r->job.done = write_done;
+	r->done_cb = cb;
+	r->ud = ud;
+	store_job_submit(s, &r->job);
+}
+
+int store_invite_create_sync(struct store *s, const char *host,
+			     const unsigned char hash[STORE_INVITE_HASH], long long expires)
+{
+	struct user_req r = {.job = {.write = true, .run = invite_create_run},
+			     .host = host,
+			     .user = "",
+			     .expires = expires};
+	memcpy(r.invite, hash, STORE_INVITE_HASH);
+	return store_job_sync(s, &r.job);
 }
 
 void store_user_set_creds(struct store *s, void *origin, const char *host, const char *user,

@@ -64,6 +64,24 @@ void store_user_set_creds(struct store *s, void *origin, const char *host, const
 void store_user_delete(struct store *s, void *origin, const char *host, const char *user,
 		       store_done_cb *cb, void *ud);
 
+/* Invitations to register (XEP-0445): the server keeps only the SHA-256
+ * of each token. STORE_INVITE_INVALID: unknown, expired or used. */
+#define STORE_INVITE_HASH    32
+#define STORE_INVITE_INVALID (-11)
+/* Creates the account and uses up the invitation in one transaction:
+ * STORE_EXISTS (the invitation stays), STORE_INVITE_INVALID. */
+void store_user_create_invited(struct store *s, void *origin, const char *host, const char *user,
+			       const struct scram_creds *creds,
+			       const unsigned char hash[STORE_INVITE_HASH], store_done_cb *cb,
+			       void *ud);
+/* STORE_OK if the invitation is valid now for host (it stays valid). */
+void store_invite_check(struct store *s, void *origin, const char *host,
+			const unsigned char hash[STORE_INVITE_HASH], store_done_cb *cb, void *ud);
+/* Stores an invitation valid until expires (unix time); also drops the
+ * expired ones. */
+int store_invite_create_sync(struct store *s, const char *host,
+			     const unsigned char hash[STORE_INVITE_HASH], long long expires);
+
 int store_user_create_sync(struct store *s, const char *host, const char *user,
 			   const struct scram_creds *creds); /* STORE_EXISTS if present */
 int store_user_set_creds_sync(struct store *s, const char *host, const char *user,
