@@ -1,41 +1,91 @@
-/* XEP-0030: Service Discovery. The server's disco#info is assembled from
- * the feature lists of all modules; an account's bare JID answers for the
- * account (identity account/registered, XEP-0030 §3.1 and the registry of
- * categories). */
+/* XEP-0030: Service Discovery. The server's disco#info is assembled by the
+ * core from every module's features and the configured contact addresses
+ * (XEP-0157); its entity capabilities (XEP-0115) are offered as a stream
+ * feature, and a disco#info to the caps node answers the same.
+ *
+ * An account's bare JID is answered by the server for the account
+ * (XEP-0030 §3.1, identity account/registered): to the account itself,
+ * and to contacts with a subscription to its presence (RFC 6121 §4.3.2's
+ * rule for who may know about the account); anyone else gets
+ * service-unavailable, the answer for an account that does not exist, so
+ * discovery reveals nothing to strangers. */
 #include "server/module.h"
 
+#include <stdio.h>
 #include <string.h>
 
-static void add_identity(struct stanza *st, struct xml_el *q, const char *cat, const char *type,
-			 const char *name)
+#include "storage/roster_store.h"
+#include "storage/store.h"
+#include "xml/xml.h"
+
+static void account_info(struct stanza *st)
 {
+	struct xml_el *q = xml_add_child(st->arena, st->el, NS_DISCO_INFO, "query");
 	struct xml_el *i = xml_add_child(st->arena, q, NS_DISCO_INFO, "identity");
-	xml_set_attr(st->arena, i, "category", cat);
-	xml_set_attr(st->arena, i, "type", type);
-	if (name)
-		xml_set_attr(st->arena, i, "name", name);
+	xml_set_attr(st->arena, i, "category", "account");
+	xml_set_attr(st->arena, i, "type", "registered");
+	static const char *const features[] = {NS_DISCO_INFO, NS_DISCO_ITEMS};
+	for (size_t k = 0; k < 2; k++)
+		xml_set_attr(st->arena, xml_add_child(st->arena, q, NS_DISCO_INFO, "feature"),
+			     "var", features[k]);
+}
+
+static void account_answer(struct stanza *st, bool info)
+{
+	stanza_make_result(st);
+	if (info)
+		account_info(st);
+	else
+		xml_add_child(st->arena, st->el, NS_DISCO_ITEMS, "query");
+	route(st, NULL);
+}
+
+static void contact_checked(void *ud, int rc, unsigned sub)
+{
+	struct stanza *st = ud;
+	if (rc != STORE_OK) {
+		route_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
+		return;
+	}
+	if (!(sub & ROSTER_SUB_FROM)) {
+		route_error(st, SE_SERVICE_UNAVAILABLE, NULL);
+		return;
+	}
+	account_answer(st, !strcmp(stanza_payload(st)->ns, NS_DISCO_INFO));
+}
+
+/* DEST_BARE: someone else asks about an account. */
+static void ask_about_account(struct hook_ev *ev)
+{
+	struct stanza *st = ev->st;
+	ev->st = NULL;
+	char user[JID_PART_MAX + 1], contact[3 * JID_PART_MAX + 3];
+	snprintf(user, sizeof(user), "%.*s", (int)st->to.local_len, st->to.s);
+	snprintf(contact, sizeof(contact), "%.*s", (int)jid_bare_len(&st->from), st->from.s);
+	roster_subscription(server_store(), worker_origin(), host_domain(ev->host), user, contact,
+			    contact_checked, st);
 }
 
 static enum hook_rc disco_info(struct hook_ev *ev)
 {
 	struct xml_el *req = stanza_payload(ev->st);
 	const char *node = xml_attr(req, "node");
-	if (node) {
-		/* No nodes yet (entity capabilities arrive with the IM issue). */
+	if (ev->dest == DEST_BARE && !node) {
+		ask_about_account(ev);
+		return HOOK_DONE;
+	}
+	if (node && (ev->dest != DEST_HOST || strcmp(node, host_caps_node(ev->host)))) {
 		ev_error(ev, SE_ITEM_NOT_FOUND, NULL);
 		return HOOK_DONE;
 	}
 	struct stanza *st = ev_result(ev);
-	struct xml_el *q = xml_add_child(st->arena, st->el, NS_DISCO_INFO, "query");
 	if (ev->dest == DEST_HOST) {
-		add_identity(st, q, "server", "im", "Parley");
-		host_disco_features(ev->host, st->arena, q);
+		struct xml_el *q = xml_add_child(st->arena, st->el, NS_DISCO_INFO, "query");
+		if (node) /* XEP-0115 §6.2: the node is echoed */
+			xml_set_attr(st->arena, q, "node", host_caps_node(ev->host));
+		host_disco_info(ev->host, st->arena, q);
 	} else {
-		/* Only the account itself learns about the account here; others
-		 * get their answer once presence subscriptions exist. */
-		add_identity(st, q, "account", "registered", NULL);
-		struct xml_el *f = xml_add_child(st->arena, q, NS_DISCO_INFO, "feature");
-		xml_set_attr(st->arena, f, "var", NS_DISCO_INFO);
+		account_info(st);
 	}
 	ev_send(ev);
 	return HOOK_DONE;
@@ -48,6 +98,10 @@ static enum hook_rc disco_items(struct hook_ev *ev)
 		ev_error(ev, SE_ITEM_NOT_FOUND, NULL);
 		return HOOK_DONE;
 	}
+	if (ev->dest == DEST_BARE) {
+		ask_about_account(ev);
+		return HOOK_DONE;
+	}
 	struct stanza *st = ev_result(ev);
 	xml_add_child(st->arena, st->el, NS_DISCO_ITEMS, "query");
 	ev_send(ev);
@@ -55,8 +109,8 @@ static enum hook_rc disco_items(struct hook_ev *ev)
 }
 
 static const struct iq_reg disco_iqs[] = {
-    {NS_DISCO_INFO, "query", IQ_GET, DEST_HOST | DEST_SELF, disco_info},
-    {NS_DISCO_ITEMS, "query", IQ_GET, DEST_HOST | DEST_SELF, disco_items},
+    {NS_DISCO_INFO, "query", IQ_GET, DEST_HOST | DEST_SELF | DEST_BARE, disco_info},
+    {NS_DISCO_ITEMS, "query", IQ_GET, DEST_HOST | DEST_SELF | DEST_BARE, disco_items},
     {0},
 };
 
@@ -64,5 +118,9 @@ const struct module mod_disco = {
     .name = "disco",
     .features = (const char *const[]){NS_DISCO_INFO, NS_DISCO_ITEMS, NULL},
     .iqs = disco_iqs,
-    .xeps = (const struct xep_ref[]){{30, "2.5rc3", "partial"}, {0}},
+    .xeps = (const struct xep_ref[]){{30, "2.5rc3", "complete"},
+				     {115, "1.6.0", "complete"},
+				     {128, "1.0.1", "complete"},
+				     {157, "1.1.1", "complete"},
+				     {0}},
 };

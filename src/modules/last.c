@@ -4,10 +4,9 @@
  * - To an account's bare JID (§3): 0 if it has an available resource,
  *   otherwise the seconds since it last logged out, with the status text
  *   of its last unavailable presence. Only those allowed to see the
- *   account's presence may ask (§3, §8), others get forbidden. Until
- *   rosters exist that is the account itself; a contact with a presence
- *   subscription gets forbidden too for now (known gap: the roster module
- *   will tell us who is subscribed).
+ *   account's presence may ask (§3, §8): the account itself and contacts
+ *   with a subscription to it ('from' or 'both' in its roster, RFC 6121
+ *   §4.3.2); others get forbidden.
  * - To a full JID (§4): the router delivers it to that client.
  *
  * What is recorded: on every unavailable broadcast presence of a session
@@ -22,6 +21,7 @@
 #include <time.h>
 
 #include "storage/account_store.h"
+#include "storage/roster_store.h"
 
 #define NS_LAST "jabber:iq:last"
 
@@ -69,6 +69,41 @@ static void answer_last(void *ud, int rc, long long when, const char *status)
 	ev_send(&ev);
 }
 
+/* §3: the account's own answer (consumes st). */
+static void answer_account(struct stanza *st)
+{
+	/* An account with an available resource was active just now. */
+	struct resource_ref refs[64];
+	size_t n = resources_of(&st->to, refs, 64);
+	for (size_t i = 0; i < n && i < 64; i++) {
+		if (refs[i].available) {
+			stanza_make_result(st);
+			struct xml_el *q = xml_add_child(st->arena, st->el, NS_LAST, "query");
+			set_seconds(st, q, 0);
+			route(st, NULL);
+			return;
+		}
+	}
+	char user[JID_PART_MAX + 1], host[JID_PART_MAX + 1];
+	copy_local(&st->to, user);
+	snprintf(host, sizeof(host), "%.*s", (int)st->to.dom_len, st->to.s + st->to.dom_off);
+	store_last_get(server_store(), worker_origin(), host, user, answer_last, st);
+}
+
+static void contact_checked(void *ud, int rc, unsigned sub)
+{
+	struct stanza *st = ud;
+	if (rc != STORE_OK) {
+		route_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
+		return;
+	}
+	if (!(sub & ROSTER_SUB_FROM)) {
+		route_error(st, SE_FORBIDDEN, NULL); /* §3 */
+		return;
+	}
+	answer_account(st);
+}
+
 static enum hook_rc last_query(struct hook_ev *ev)
 {
 	if (ev->dest == DEST_HOST) {
@@ -80,29 +115,20 @@ static enum hook_rc last_query(struct hook_ev *ev)
 		ev_send(ev);
 		return HOOK_DONE;
 	}
-	if (ev->dest != DEST_SELF) {
-		/* §3: not (yet) known to be allowed to see the presence. */
-		ev_error(ev, SE_FORBIDDEN, NULL);
+	if (ev->dest == DEST_BARE) {
+		struct stanza *st = ev->st;
+		ev->st = NULL; /* ours until the store answers */
+		char user[JID_PART_MAX + 1], contact[3 * JID_PART_MAX + 3];
+		copy_local(&st->to, user);
+		snprintf(contact, sizeof(contact), "%.*s", (int)jid_bare_len(&st->from),
+			 st->from.s);
+		roster_subscription(server_store(), worker_origin(), host_domain(ev->host), user,
+				    contact, contact_checked, st);
 		return HOOK_DONE;
 	}
-	/* §3: an account with an available resource was active just now. */
-	struct resource_ref refs[64];
-	size_t n = resources_of(&ev->st->to, refs, 64);
-	for (size_t i = 0; i < n && i < 64; i++) {
-		if (refs[i].available) {
-			struct stanza *st = ev_result(ev);
-			struct xml_el *q = xml_add_child(st->arena, st->el, NS_LAST, "query");
-			set_seconds(st, q, 0);
-			ev_send(ev);
-			return HOOK_DONE;
-		}
-	}
-	char user[JID_PART_MAX + 1];
-	copy_local(&ev->st->to, user);
 	struct stanza *st = ev->st;
-	ev->st = NULL; /* ours until the store answers */
-	store_last_get(server_store(), worker_origin(), host_domain(ev->host), user, answer_last,
-		       st);
+	ev->st = NULL;
+	answer_account(st);
 	return HOOK_DONE;
 }
 
@@ -148,5 +174,5 @@ const struct module mod_last = {
     .features = (const char *const[]){NS_LAST, NULL}, /* §6 */
     .iqs = last_iqs,
     .hooks = last_hooks,
-    .xeps = (const struct xep_ref[]){{12, "2.0", "partial"}, {0}},
+    .xeps = (const struct xep_ref[]){{12, "2.0", "complete"}, {0}},
 };

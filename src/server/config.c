@@ -48,6 +48,12 @@ struct opt {
 };
 
 static const char *check_address(char **s);
+static const char *check_uri(char **s);
+
+const char *const contact_fields[CONTACT_KINDS] = {
+    "abuse-addresses",	  "admin-addresses",  "feedback-addresses", "sales-addresses",
+    "security-addresses", "status-addresses", "support-addresses",
+};
 static const char *check_domain(char **s);
 
 static const char *const log_names[] = {"error", "warn", "info", "debug", NULL};
@@ -174,6 +180,61 @@ static const struct opt opts[] = {
      .doc = "In-band registration of new accounts by clients (XEP-0077): off; invite "
 	    "accepts only clients holding a token from `parleyctl invite` (XEP-0445); open "
 	    "lets anyone register, limited per IP address by limits.registrations_per_ip."},
+    {.name = "contact.abuse",
+     .type = OPT_LIST,
+     .off = OFF(contact[0]),
+     .off_n = OFF(n_contact[0]),
+     .check = check_uri,
+     .doc = "Where to report abuse (spam, harassment) by this server's users. A list of URIs "
+	    "(mailto:, xmpp:, https:), published to clients in "
+	    "service discovery (XEP-0157)."},
+    {.name = "contact.admin",
+     .type = OPT_LIST,
+     .off = OFF(contact[1]),
+     .off_n = OFF(n_contact[1]),
+     .check = check_uri,
+     .doc = "The server's administrators. A list of URIs (mailto:, xmpp:, https:), published to "
+	    "clients in "
+	    "service discovery (XEP-0157)."},
+    {.name = "contact.feedback",
+     .type = OPT_LIST,
+     .off = OFF(contact[2]),
+     .off_n = OFF(n_contact[2]),
+     .check = check_uri,
+     .doc = "Where users send feedback about the service. A list of URIs (mailto:, xmpp:, https:), "
+	    "published to clients in "
+	    "service discovery (XEP-0157)."},
+    {.name = "contact.sales",
+     .type = OPT_LIST,
+     .off = OFF(contact[3]),
+     .off_n = OFF(n_contact[3]),
+     .check = check_uri,
+     .doc = "Sales enquiries. A list of URIs (mailto:, xmpp:, https:), published to clients in "
+	    "service discovery (XEP-0157)."},
+    {.name = "contact.security",
+     .type = OPT_LIST,
+     .off = OFF(contact[4]),
+     .off_n = OFF(n_contact[4]),
+     .check = check_uri,
+     .doc = "Where to report security problems of this server. A list of URIs (mailto:, xmpp:, "
+	    "https:), published to clients in "
+	    "service discovery (XEP-0157)."},
+    {.name = "contact.status",
+     .type = OPT_LIST,
+     .off = OFF(contact[5]),
+     .off_n = OFF(n_contact[5]),
+     .check = check_uri,
+     .doc = "Where the service's status is published (a web page or an XMPP service). A list of "
+	    "URIs (mailto:, xmpp:, https:), published to clients in "
+	    "service discovery (XEP-0157)."},
+    {.name = "contact.support",
+     .type = OPT_LIST,
+     .off = OFF(contact[6]),
+     .off_n = OFF(n_contact[6]),
+     .check = check_uri,
+     .doc =
+	 "Where users get help. A list of URIs (mailto:, xmpp:, https:), published to clients in "
+	 "service discovery (XEP-0157)."},
     {.name = "limits.stanza_bytes",
      .type = OPT_SIZE,
      .off = OFF(limits.stanza_bytes),
@@ -435,6 +496,23 @@ static const char *check_address(char **s)
 	return "not an IP address or \"*\"";
 }
 
+/* XEP-0157 §2: each address is a URI. */
+static const char *check_uri(char **s)
+{
+	const char *p = *s;
+	if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
+		return "not a URI (mailto:..., xmpp:..., https://...)";
+	while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+	       *p == '+' || *p == '-' || *p == '.')
+		p++;
+	if (*p != ':' || !p[1])
+		return "not a URI (mailto:..., xmpp:..., https://...)";
+	for (p = *s; *p; p++)
+		if ((unsigned char)*p <= ' ')
+			return "a URI has no spaces or control characters";
+	return NULL;
+}
+
 static const char *check_domain(char **s)
 {
 	char buf[JID_PART_MAX + 1];
@@ -602,8 +680,10 @@ static int load_list(struct loader *l, yaml_node_t *n, const char *key, const st
 			       node_kind(n));
 	yaml_node_item_t *it = n->data.sequence.items.start;
 	size_t cnt = (size_t)(n->data.sequence.items.top - it);
-	if (!cnt)
+	if (!cnt && o->def_str)
 		return fail_at(l, node_line(n), key, "must not be empty");
+	if (!cnt)
+		return 0; /* an optional list (no default): empty */
 	char **v = xcalloc(cnt, sizeof(*v));
 	/* Stored before it is filled so that config_free releases a partial list. */
 	*(char ***)((char *)base + o->off) = v;
@@ -1040,6 +1120,11 @@ void config_free(struct config *c)
 	for (size_t i = 0; i < c->n_interfaces; i++)
 		free(c->interfaces[i]);
 	free(c->interfaces);
+	for (int k = 0; k < CONTACT_KINDS; k++) {
+		for (size_t i = 0; i < c->n_contact[k]; i++)
+			free(c->contact[k][i]);
+		free(c->contact[k]);
+	}
 	for (size_t i = 0; i < c->n_hosts; i++) {
 		free(c->hosts[i].domain);
 		free(c->hosts[i].cert_file);
@@ -1139,7 +1224,10 @@ static void fmt_default(char *b, size_t cap, const struct opt *o)
 		snprintf(b, cap, "\"%s\"", o->def_str ? o->def_str : o->sample ? o->sample : "");
 		break;
 	case OPT_LIST:
-		snprintf(b, cap, "[\"%s\"]", o->def_str);
+		if (o->def_str)
+			snprintf(b, cap, "[\"%s\"]", o->def_str);
+		else
+			snprintf(b, cap, "[]");
 		break;
 	case OPT_HOSTS:
 		snprintf(b, cap, "(required)");
@@ -1174,7 +1262,7 @@ static void fmt_bounds(char *b, size_t cap, const struct opt *o)
 		break;
 	case OPT_LIST:
 	case OPT_HOSTS:
-		snprintf(b, cap, "not empty");
+		snprintf(b, cap, o->type == OPT_LIST && !o->def_str ? "-" : "not empty");
 		break;
 	default:
 		snprintf(b, cap, "-");

@@ -37,6 +37,21 @@ struct limits_conf {
 	unsigned registrations_per_ip;	    /* in-band registrations per hour */
 };
 
+/* XEP-0157 contact addresses, in the order of the serverinfo form's
+ * fields (config.c's contact_fields). */
+enum contact_kind {
+	CONTACT_ABUSE,
+	CONTACT_ADMIN,
+	CONTACT_FEEDBACK,
+	CONTACT_SALES,
+	CONTACT_SECURITY,
+	CONTACT_STATUS,
+	CONTACT_SUPPORT,
+	CONTACT_KINDS
+};
+/* The form field of each kind ("abuse-addresses", ...). */
+extern const char *const contact_fields[CONTACT_KINDS];
+
 struct config {
 	char *path;	  /* absolute path of the file */
 	char *dir;	  /* its directory */
@@ -56,6 +71,8 @@ struct config {
 	enum conflict_policy resource_conflict;
 	enum registration_mode registration;
 	struct limits_conf limits;
+	char **contact[CONTACT_KINDS]; /* URIs (mailto:, xmpp:, https:), XEP-0157 */
+	size_t n_contact[CONTACT_KINDS];
 	struct host_conf *hosts;
 	size_t n_hosts;
 };

@@ -5,12 +5,15 @@
  * them without locks. */
 #include "server/server.h"
 
+#include <openssl/sha.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/log.h"
+#include "xml/xml.h"
+#include "xmpp/base64.h"
 
 struct iq_entry {
 	struct iq_entry *next;
@@ -31,6 +34,101 @@ static size_t iq_hash(const char *ns, const char *name, size_t buckets)
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The server's disco#info (XEP-0030): one identity, every module's
+ * features, and the XEP-0157 contact addresses as a XEP-0128 form. */
+#define SERVER_CATEGORY "server"
+#define SERVER_TYPE	"im"
+#define SERVER_NAME	"Parley"
+#define NS_CAPS		"http://jabber.org/protocol/caps"
+#define CAPS_NODE	"urn:x-parley:server"
+#define NS_DATA		"jabber:x:data"
+#define SERVERINFO	"http://jabber.org/network/serverinfo"
+
+static bool has_contacts(const struct config *c)
+{
+	for (int k = 0; k < CONTACT_KINDS; k++)
+		if (c->n_contact[k])
+			return true;
+	return false;
+}
+
+static int cmp_strp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* XEP-0115 §5.1: the verification string of what host_disco_info()
+ * answers, hashed with SHA-1 and base64-encoded. Features are already
+ * sorted; contact_fields[] is in byte order, and each field's values are
+ * sorted here. */
+static void host_caps_compute(struct host *h)
+{
+	struct buf b = BUF_INIT;
+	buf_adds(&b, SERVER_CATEGORY "/" SERVER_TYPE "//" SERVER_NAME "<");
+	for (size_t i = 0; i < h->n_features; i++) {
+		buf_adds(&b, h->features[i]);
+		buf_addc(&b, '<');
+	}
+	const struct config *c = &srv->cfg;
+	if (has_contacts(c)) {
+		buf_adds(&b, SERVERINFO "<");
+		for (int k = 0; k < CONTACT_KINDS; k++) {
+			if (!c->n_contact[k])
+				continue;
+			buf_adds(&b, contact_fields[k]);
+			buf_addc(&b, '<');
+			char **v = malloc(c->n_contact[k] * sizeof(*v));
+			if (!v)
+				die_oom();
+			memcpy(v, c->contact[k], c->n_contact[k] * sizeof(*v));
+			qsort(v, c->n_contact[k], sizeof(*v), cmp_strp);
+			for (size_t i = 0; i < c->n_contact[k]; i++) {
+				buf_adds(&b, v[i]);
+				buf_addc(&b, '<');
+			}
+			free(v);
+		}
+	}
+	unsigned char md[SHA_DIGEST_LENGTH];
+	SHA1((const unsigned char *)buf_head(&b), buf_pending(&b), md);
+	buf_free(&b);
+	base64_encode(md, sizeof(md), h->caps_ver);
+	snprintf(h->caps_node, sizeof(h->caps_node), CAPS_NODE "#%s", h->caps_ver);
+}
+
+void host_disco_info(const struct host *h, struct arena *a, struct xml_el *query)
+{
+	struct xml_el *id = xml_add_child(a, query, query->ns, "identity");
+	xml_set_attr(a, id, "category", SERVER_CATEGORY);
+	xml_set_attr(a, id, "type", SERVER_TYPE);
+	xml_set_attr(a, id, "name", SERVER_NAME);
+	host_disco_features(h, a, query);
+	const struct config *c = &srv->cfg;
+	if (!has_contacts(c))
+		return;
+	/* XEP-0157 §3, in a XEP-0128 extension form. */
+	struct xml_el *x = xml_add_child(a, query, NS_DATA, "x");
+	xml_set_attr(a, x, "type", "result");
+	struct xml_el *f = xml_add_child(a, x, NS_DATA, "field");
+	xml_set_attr(a, f, "var", "FORM_TYPE");
+	xml_set_attr(a, f, "type", "hidden");
+	xml_add_text(a, xml_add_child(a, f, NS_DATA, "value"), SERVERINFO, strlen(SERVERINFO));
+	for (int k = 0; k < CONTACT_KINDS; k++) {
+		if (!c->n_contact[k])
+			continue;
+		f = xml_add_child(a, x, NS_DATA, "field");
+		xml_set_attr(a, f, "var", contact_fields[k]);
+		for (size_t i = 0; i < c->n_contact[k]; i++)
+			xml_add_text(a, xml_add_child(a, f, NS_DATA, "value"), c->contact[k][i],
+				     strlen(c->contact[k][i]));
+	}
+}
+
+const char *host_caps_node(const struct host *h)
+{
+	return h->caps_node;
 }
 
 void modules_register(struct host *h)
@@ -88,9 +186,14 @@ void modules_register(struct host *h)
 	for (const struct module *const *mp = parley_modules; *mp; mp++)
 		for (const char *const *f = (*mp)->stream_features; f && *f; f++)
 			buf_adds(&sf, *f);
+	h->n_features = nf;
+	host_caps_compute(h);
+	/* XEP-0115 §6.3: the server's own capabilities, offered with the
+	 * stream features. */
+	buf_printf(&sf, "<c xmlns='" NS_CAPS "' hash='sha-1' node='" CAPS_NODE "' ver='%s'/>",
+		   h->caps_ver);
 	buf_addc(&sf, '\0');
 	h->stream_features = sf.data; /* owned */
-	h->n_features = nf;
 }
 
 void modules_unregister(struct host *h)

@@ -192,6 +192,11 @@ void account_kick(const struct jid *bare, const char *cond, const char *text);
 
 /* Server facts for modules. */
 const char *host_domain(const struct host *h);
+/* Appends the server's whole disco#info to query: identity, features
+ * and the XEP-0157 contact addresses form. */
+void host_disco_info(const struct host *h, struct arena *a, struct xml_el *query);
+/* "node#ver" of the server's entity capabilities (XEP-0115 §6.2). */
+const char *host_caps_node(const struct host *h);
 /* Appends the disco#info features of host h to el (as <feature var=.../>). */
 void host_disco_features(const struct host *h, struct arena *a, struct xml_el *query);
 

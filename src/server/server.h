@@ -47,6 +47,8 @@ struct host {
 	} * hooks[HP_COUNT]; /* sorted by prio, NULL-terminated by reg == NULL */
 	size_t n_hooks[HP_COUNT];
 	const char **features; /* disco#info features of all modules, sorted */
+	char caps_ver[32];     /* XEP-0115 verification string of the disco#info */
+	char caps_node[64];    /* "node#ver" */
 	char *stream_features; /* modules' post-auth stream features, concatenated */
 	size_t n_features;
 };

@@ -803,3 +803,39 @@ void roster_barrier(struct store *s, void *origin, void (*cb)(void *ud), void *u
 	r->ud = ud;
 	store_job_submit(s, &r->job);
 }
+
+/* ---- a contact's subscription, read through roster_update ---- */
+
+struct sub_query {
+	roster_sub_cb *cb;
+	void *ud;
+};
+
+/* Changes nothing: reports the state. */
+static unsigned sub_read(struct roster_state *st, const void *arg)
+{
+	(void)arg;
+	return st->in_roster ? st->sub : 0;
+}
+
+static void sub_done(void *ud, int rc, unsigned flags, const struct roster_item *after,
+		     bool changed, const char *ver)
+{
+	struct sub_query *q = ud;
+	(void)after;
+	(void)changed;
+	(void)ver;
+	q->cb(q->ud, rc, rc == STORE_OK ? flags : 0);
+	free(q);
+}
+
+void roster_subscription(struct store *s, void *origin, const char *host, const char *user,
+			 const char *contact, roster_sub_cb *cb, void *ud)
+{
+	struct sub_query *q = malloc(sizeof(*q));
+	if (!q)
+		die_oom();
+	q->cb = cb;
+	q->ud = ud;
+	roster_update(s, origin, host, user, contact, sub_read, NULL, NULL, sub_done, q);
+}

@@ -103,6 +103,13 @@ void roster_update(struct store *s, void *origin, const char *host, const char *
 		   const char *contact, roster_transition_fn *fn, const void *arg,
 		   const struct roster_edit *edit, roster_update_cb *cb, void *ud);
 
+/* The subscription state (ROSTER_SUB_* bits, 0 if no item) of contact in
+ * user@host's roster: who may see the user's presence-bound data
+ * (RFC 6121 §4.3.2: a contact with ROSTER_SUB_FROM). */
+typedef void roster_sub_cb(void *ud, int rc, unsigned sub);
+void roster_subscription(struct store *s, void *origin, const char *host, const char *user,
+			 const char *contact, roster_sub_cb *cb, void *ud);
+
 #define ROSTER_MAX_ITEMS 1000
 
 /* Runs cb on origin once every request submitted before it has

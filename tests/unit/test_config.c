@@ -278,6 +278,12 @@ static void test_errors(void **state)
 	    {"hosts:\n  - certificate: x.pem\n", "2: hosts[0].domain: missing required key"},
 	    {"hosts: []\n", "1: hosts: must not be empty"},
 	    {H "interfaces: []\n", "2: interfaces: must not be empty"},
+	    {H "contact.admin: [\"just text\"]\n",
+	     "2: contact.admin[0]: just text: not a URI (mailto:..., xmpp:..., https://...)"},
+	    {H "contact:\n  abuse: [\"mailto: spaced@x\"]\n",
+	     "3: contact.abuse[0]: mailto: spaced@x: a URI has no spaces or control characters"},
+	    {H "registration: maybe\n",
+	     "2: registration: expected one of off, invite, open, got maybe"},
 	    /* duplicates */
 	    {H "workers: 1\nworkers: 2\n", "3: workers: duplicate key (first at line 2)"},
 	    {H "limits:\n  xml_depth: 20\nlimits.xml_depth: 30\n",
