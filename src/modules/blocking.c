@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "server/config.h"
 #include "storage/blocklist_store.h"
 #include "storage/roster_store.h"
 #include "xml/xml.h"
@@ -47,10 +48,10 @@
 #define NS_BLOCKING	   "urn:xmpp:blocking"
 #define NS_BLOCKING_ERRORS "urn:xmpp:blocking:errors"
 
-/* Most JIDs one account may block; a request that would exceed it is
- * refused whole with resource-constraint. */
-#define BLOCKLIST_MAX 1000
-#define FANOUT_MAX    64
+/* Most JIDs one account may block (limits.blocklist_items); a request
+ * that would exceed it is refused whole with resource-constraint. */
+static size_t blocklist_max = 1000;
+#define FANOUT_MAX 64
 
 #define SHARDS	64
 #define BUCKETS 256 /* per shard */
@@ -225,8 +226,9 @@ static void load_row(void *ud, const char *host, const char *user, const char *j
 	table_change(acct, OP_ADD, &jid, 1);
 }
 
-static int blocking_start(struct store *st)
+static int blocking_start(struct store *st, const struct config *cfg)
 {
+	blocklist_max = cfg->limits.blocklist_items;
 	for (size_t i = 0; i < SHARDS; i++)
 		pthread_rwlock_init(&shards[i].lock, NULL);
 	if (store_blocklist_load_sync(st, load_row, NULL) != STORE_OK) {
@@ -486,7 +488,7 @@ static void change_done(void *ud, int rc, const char *const *changed, size_t n)
 	struct stanza *st = q->st;
 	if (rc == BLOCKLIST_LIMIT) {
 		char text[80];
-		snprintf(text, sizeof(text), "A blocklist holds at most %d JIDs", BLOCKLIST_MAX);
+		snprintf(text, sizeof(text), "A blocklist holds at most %zu JIDs", blocklist_max);
 		route_error(st, SE_RESOURCE_CONSTRAINT, text);
 	} else if (rc == STORE_NOT_FOUND) {
 		route_error(st, SE_ITEM_NOT_FOUND, "The account no longer exists");
@@ -525,7 +527,7 @@ static enum hook_rc change_iq(struct hook_ev *ev)
 		ev_error(ev, SE_BAD_REQUEST, "No item to block"); /* §3.3 */
 		return HOOK_DONE;
 	}
-	if (n > BLOCKLIST_MAX) {
+	if (n > blocklist_max) {
 		ev_error(ev, SE_RESOURCE_CONSTRAINT, "Too many items");
 		return HOOK_DONE;
 	}
@@ -569,7 +571,7 @@ static enum hook_rc change_iq(struct hook_ev *ev)
 	if (!block)
 		op = k ? BLOCKLIST_REMOVE : BLOCKLIST_REMOVE_ALL;
 	store_blocklist_change(server_store(), worker_origin(), host_domain(ev->host), u, op, jids,
-			       k, BLOCKLIST_MAX, change_done, q);
+			       k, blocklist_max, change_done, q);
 	return HOOK_DONE;
 }
 

@@ -25,6 +25,7 @@
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/log.h"
+#include "server/config.h"
 #include "storage/offline_store.h"
 #include "xml/xmlstream.h"
 
@@ -35,8 +36,8 @@
 /* Per-user quota. The count is the usual one; the byte cap keeps a few
  * maximal stanzas from filling the disk and bounds what one delivery
  * loads into memory. */
-#define OFFLINE_MAX_MESSAGES 1000u
-#define OFFLINE_MAX_BYTES    (2u * 1024 * 1024)
+static unsigned max_messages = 1000; /* limits.offline_messages */
+#define OFFLINE_MAX_BYTES (2u * 1024 * 1024)
 /* A claim older than this is abandoned (a crash between claim and delete). */
 #define OFFLINE_CLAIM_STALE 60u
 #define MAX_RESOURCES	    64
@@ -120,8 +121,8 @@ static enum hook_rc offline_store(struct hook_ev *ev)
 	struct buf b = BUF_INIT;
 	xml_serialize(st->el, NS_CLIENT, &b);
 	store_offline_put(server_store(), worker_origin(), host_domain(ev->host), user,
-			  buf_head(&b), buf_pending(&b), (long long)time(NULL),
-			  OFFLINE_MAX_MESSAGES, OFFLINE_MAX_BYTES, put_done, st);
+			  buf_head(&b), buf_pending(&b), (long long)time(NULL), max_messages,
+			  OFFLINE_MAX_BYTES, put_done, st);
 	buf_free(&b);
 	return HOOK_DONE; /* st is ours until put_done */
 }
@@ -370,7 +371,15 @@ static const struct hook_reg offline_hooks[] = {
     {.fn = NULL},
 };
 
+static int offline_start(struct store *st, const struct config *cfg)
+{
+	(void)st;
+	max_messages = cfg->limits.offline_messages;
+	return 0;
+}
+
 const struct module mod_offline = {
+    .start = offline_start,
     .name = "offline",
     /* XEP-0160 §4: servers that store offline messages say so. */
     .features = (const char *const[]){"msgoffline", NULL},

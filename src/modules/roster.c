@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "server/config.h"
 #include "storage/roster_store.h"
 
 #define NS_ROSTER      "jabber:iq:roster"
@@ -1233,8 +1234,16 @@ static const struct hook_reg roster_hooks[] = {
     {.fn = NULL},
 };
 
+static int roster_start(struct store *st, const struct config *cfg)
+{
+	(void)st;
+	roster_set_max_items(cfg->limits.roster_items);
+	return 0;
+}
+
 const struct module mod_roster = {
     .name = "roster",
+    .start = roster_start,
     .features = (const char *const[]){NS_ROSTER, NULL},
     .iqs = roster_iqs,
     .hooks = roster_hooks,

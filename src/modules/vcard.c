@@ -17,9 +17,21 @@
 #include <string.h>
 
 #include "core/buf.h"
+#include "server/config.h"
 #include "storage/account_store.h"
 
 #define NS_VCARD "vcard-temp"
+
+/* limits.vcard_bytes, at most what the store reads back (ACCOUNT_XML_MAX). */
+static size_t max_bytes = ACCOUNT_XML_MAX;
+
+static int vcard_start(struct store *st, const struct config *cfg)
+{
+	(void)st;
+	max_bytes =
+	    cfg->limits.vcard_bytes < ACCOUNT_XML_MAX ? cfg->limits.vcard_bytes : ACCOUNT_XML_MAX;
+	return 0;
+}
 
 /* The account an IQ is about: its bare 'to' (the router puts the sender's
  * bare JID there when the IQ had none). */
@@ -91,14 +103,14 @@ static enum hook_rc vcard_set(struct hook_ev *ev)
 	}
 	struct buf b = BUF_INIT;
 	xml_serialize(stanza_payload(ev->st), "", &b);
-	if (buf_pending(&b) > ACCOUNT_XML_MAX) {
+	if (buf_pending(&b) > max_bytes) {
 		/* XEP-0054 names no error for this. not-acceptable (RFC 6120
 		 * §8.3.3.11: the request does not meet the server's criteria)
 		 * is what XEP-0060 and XEP-0363 use for payloads over a size
 		 * limit, and unlike resource-constraint it tells the client
 		 * not to retry as is. */
 		char text[64];
-		snprintf(text, sizeof(text), "vCard larger than %d bytes", ACCOUNT_XML_MAX);
+		snprintf(text, sizeof(text), "vCard larger than %zu bytes", max_bytes);
 		buf_free(&b);
 		ev_error(ev, SE_NOT_ACCEPTABLE, text);
 		return HOOK_DONE;
@@ -127,6 +139,7 @@ static const struct iq_reg vcard_iqs[] = {
 
 const struct module mod_vcard = {
     .name = "vcard",
+    .start = vcard_start,
     .features = (const char *const[]){NS_VCARD, NULL},
     .iqs = vcard_iqs,
     .xeps = (const struct xep_ref[]){{54, "1.2", "complete"}, {0}},

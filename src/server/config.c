@@ -354,6 +354,40 @@ static const struct opt opts[] = {
      .doc = "In-band registration attempts one IP address may make per hour, with or "
 	    "without an invitation; a refused attempt counts too, so parallel connections "
 	    "cannot pass the limit together. 0 removes the limit (test setups only)."},
+    {.name = "limits.roster_items",
+     .type = OPT_UINT,
+     .off = OFF(limits.roster_items),
+     .def = 1000,
+     .min = 10,
+     .max = 100000,
+     .doc = "Most items in one roster (RFC 6121 §2.3.3); a roster set or subscription past "
+	    "it is refused with not-allowed or resource-constraint. Every login reads the "
+	    "whole roster, so this bounds that work too."},
+    {.name = "limits.offline_messages",
+     .type = OPT_UINT,
+     .off = OFF(limits.offline_messages),
+     .def = 1000,
+     .min = 1,
+     .max = 100000,
+     .doc = "Messages kept for one account while it is offline (XEP-0160); past it, "
+	    "senders get resource-constraint. Stored bytes are capped at 2 MiB per account "
+	    "as well."},
+    {.name = "limits.vcard_bytes",
+     .type = OPT_SIZE,
+     .off = OFF(limits.vcard_bytes),
+     .def = 64 * KIB,
+     .min = 4 * KIB,
+     .max = 64 * KIB,
+     .doc = "Largest vCard (XEP-0054) an account may store, serialized; avatars are "
+	    "embedded in it, so this caps their size too."},
+    {.name = "limits.blocklist_items",
+     .type = OPT_UINT,
+     .off = OFF(limits.blocklist_items),
+     .def = 1000,
+     .min = 10,
+     .max = 100000,
+     .doc = "Most JIDs one account may block (XEP-0191); a block past it is refused "
+	    "whole with resource-constraint."},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 

@@ -35,6 +35,10 @@ struct limits_conf {
 	unsigned auth_failures_per_ip;	    /* per minute, then wait */
 	unsigned auth_failures_per_account; /* per minute, then failures are delayed */
 	unsigned registrations_per_ip;	    /* in-band registrations per hour */
+	unsigned roster_items;		    /* items per roster */
+	unsigned offline_messages;	    /* stored messages per account */
+	size_t vcard_bytes;		    /* serialized vCard */
+	unsigned blocklist_items;	    /* blocked JIDs per account */
 };
 
 /* XEP-0157 contact addresses, in the order of the serverinfo form's

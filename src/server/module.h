@@ -15,6 +15,7 @@ struct session;
 struct host;
 struct buf;
 struct store;
+struct config;
 
 enum hook_rc { HOOK_PASS, HOOK_DONE }; /* DONE: the handler consumed ev->st */
 
@@ -113,7 +114,7 @@ struct module {
 	 * workers run (may use the store's _sync calls); nonzero refuses to
 	 * start. And once at the end, after the workers and the store have
 	 * stopped. Either may be NULL. */
-	int (*start)(struct store *st);
+	int (*start)(struct store *st, const struct config *cfg);
 	void (*stop)(void);
 };
 

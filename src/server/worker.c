@@ -322,7 +322,7 @@ int server_start(const char *config_path, char *err, size_t errlen)
 		return -1;
 	}
 	for (const struct module *const *mp = parley_modules; *mp; mp++)
-		if ((*mp)->start && (*mp)->start(srv->store) != 0) {
+		if ((*mp)->start && (*mp)->start(srv->store, &srv->cfg) != 0) {
 			snprintf(err, errlen, "module %s failed to start", (*mp)->name);
 			return -1;
 		}

@@ -110,6 +110,13 @@ static struct store_query q_removed_since =
 static struct store_query q_pending_all =
     STORE_QUERY("SELECT contact, status FROM roster_pending_in WHERE host = ?1 AND username = ?2"
 		" ORDER BY received, contact");
+static size_t max_items = 1000;
+
+void roster_set_max_items(size_t n)
+{
+	max_items = n;
+}
+
 static struct store_query q_user_exists =
     STORE_QUERY("SELECT (SELECT count(*) FROM roster_items WHERE host = ?1 AND username = ?2)"
 		" FROM users WHERE host = ?1 AND username = ?2");
@@ -661,7 +668,7 @@ static int update_run(struct store_job *job, struct store_db *db)
 		bool edit = r->edit.set;
 		bool differs = !was.in_roster || was.sub != now.sub || was.ask != now.ask ||
 			       was.approved != now.approved;
-		if (!was.in_roster && was.n_items >= ROSTER_MAX_ITEMS)
+		if (!was.in_roster && was.n_items >= max_items)
 			return ROSTER_LIMIT;
 		if (edit || differs) {
 			if ((rc = version_bump(db, r, &ver)))

@@ -22,7 +22,8 @@ struct store;
 #define ROSTER_SUB_TO	0x1u /* the user receives the contact's presence */
 #define ROSTER_SUB_FROM 0x2u /* the contact receives the user's presence */
 
-/* Beyond enum store_rc: the roster already holds ROSTER_MAX_ITEMS. */
+/* Beyond enum store_rc: the roster already holds its most items
+ * (roster_set_max_items). */
 #define ROSTER_LIMIT (-10)
 
 struct roster_item {
@@ -110,7 +111,9 @@ typedef void roster_sub_cb(void *ud, int rc, unsigned sub);
 void roster_subscription(struct store *s, void *origin, const char *host, const char *user,
 			 const char *contact, roster_sub_cb *cb, void *ud);
 
-#define ROSTER_MAX_ITEMS 1000
+/* Most items per roster (default 1000); set once before the store is
+ * used from other threads (server start). */
+void roster_set_max_items(size_t n);
 
 /* Runs cb on origin once every request submitted before it has
  * completed: effects that must follow another request's completion. */
