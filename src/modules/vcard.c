@@ -13,12 +13,18 @@
  * kept when a vCard is stored; nothing here computes it yet. */
 #include "server/module.h"
 
+#include <openssl/sha.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/arena.h"
 #include "core/buf.h"
+#include "core/log.h"
 #include "server/config.h"
 #include "storage/account_store.h"
+#include "xml/xml.h"
+#include "xmpp/base64.h"
 
 #define NS_VCARD "vcard-temp"
 
@@ -40,6 +46,153 @@ static void account_of(const struct stanza *st, char *user, size_t cap)
 	size_t n = st->to.local_len < cap ? st->to.local_len : cap - 1;
 	memcpy(user, st->to.s, n);
 	user[n] = 0;
+}
+
+/* --- XEP-0153 (1.1): the avatar hash in presence ---
+ * The server knows each account's vCard, so it stamps every available
+ * broadcast presence of the account's sessions with
+ * <x xmlns='vcard-temp:x:update'><photo>SHA-1 of the image</photo></x>
+ * (an empty <photo/> when the vCard has no photo), replacing what the
+ * client put there (§4.3 lets a client send <photo/> before it knows).
+ * Contacts then fetch the vCard only when the hash changes. Each session
+ * reads the hash when it binds (the read is queued before the roster read
+ * of its initial presence, so it is known by then for clients that fetch
+ * the roster first); a vCard set updates every session of the account. */
+
+#define NS_VCARD_UPDATE "vcard-temp:x:update"
+
+struct avatar {
+	unsigned refs; /* the session + a load in flight */
+	bool known;    /* the vCard was read */
+	bool photo;    /* it has a photo; sha1 is its hash */
+	char sha1[2 * SHA_DIGEST_LENGTH + 1];
+	struct arena *load; /* where a vCard being read is parsed */
+};
+
+static void avatar_unref(struct avatar *a)
+{
+	if (a && --a->refs == 0)
+		free(a);
+}
+
+/* §4.1: the hash is of the image bytes: BINVAL decoded. false if the
+ * vCard has no usable photo. */
+static bool photo_hash(const struct xml_el *vcard, struct arena *ar, char out[41])
+{
+	struct xml_el *photo = xml_child(vcard, NS_VCARD, "PHOTO");
+	struct xml_el *bin = photo ? xml_child(photo, NS_VCARD, "BINVAL") : NULL;
+	if (!bin)
+		return false;
+	const char *t = xml_text(ar, bin);
+	size_t n = strlen(t), k = 0;
+	char *clean = malloc(n + 1);
+	unsigned char *img = malloc(n + 1);
+	if (!clean || !img)
+		die_oom();
+	for (size_t i = 0; i < n; i++) /* vCards fold base64 over lines */
+		if (t[i] != ' ' && t[i] != '\t' && t[i] != '\r' && t[i] != '\n')
+			clean[k++] = t[i];
+	ssize_t len = k ? base64_decode(clean, k, img, n + 1) : -1;
+	bool ok = len > 0;
+	if (ok) {
+		unsigned char md[SHA_DIGEST_LENGTH];
+		SHA1(img, (size_t)len, md);
+		for (size_t i = 0; i < sizeof(md); i++)
+			snprintf(out + 2 * i, 3, "%02x", md[i]);
+	}
+	free(clean);
+	free(img);
+	return ok;
+}
+
+static void avatar_loaded(void *ud, int rc, struct xml_el *el)
+{
+	struct avatar *a = ud;
+	if (rc == STORE_OK || rc == STORE_NOT_FOUND) {
+		a->known = true;
+		a->photo = rc == STORE_OK && photo_hash(el, a->load, a->sha1);
+	}
+	arena_free(a->load);
+	a->load = NULL;
+	avatar_unref(a);
+}
+
+static enum hook_rc avatar_bound(struct hook_ev *ev)
+{
+	struct session *s = ev->origin;
+	if (!s || !worker_origin())
+		return HOOK_PASS;
+	struct avatar *a = calloc(1, sizeof(*a));
+	if (!a)
+		die_oom();
+	a->refs = 2;
+	a->load = arena_new(0);
+	*(struct avatar **)session_slot(s, SLOT_AVATAR) = a;
+	const struct jid *j = session_jid(s);
+	char user[JID_PART_MAX + 1];
+	snprintf(user, sizeof(user), "%.*s", (int)j->local_len, j->s);
+	store_vcard_get(server_store(), worker_origin(), host_domain(ev->host), user, a->load,
+			avatar_loaded, a);
+	return HOOK_PASS;
+}
+
+static enum hook_rc avatar_free(struct hook_ev *ev)
+{
+	struct avatar **slot = (struct avatar **)session_slot(ev->origin, SLOT_AVATAR);
+	avatar_unref(*slot);
+	*slot = NULL;
+	return HOOK_PASS;
+}
+
+/* HP_PRESENCE_OUT: stamp available broadcast presence (§3.2, §4.3). */
+static enum hook_rc avatar_stamp(struct hook_ev *ev)
+{
+	struct stanza *st = ev->st;
+	struct avatar *a =
+	    ev->origin ? *(struct avatar **)session_slot(ev->origin, SLOT_AVATAR) : NULL;
+	if (st->type != ST_AVAILABLE || !a || !a->known)
+		return HOOK_PASS;
+	struct xml_el *x;
+	while ((x = xml_child(st->el, NS_VCARD_UPDATE, "x")))
+		xml_remove(x);
+	x = xml_add_child(st->arena, st->el, NS_VCARD_UPDATE, "x");
+	struct xml_el *photo = xml_add_child(st->arena, x, NS_VCARD_UPDATE, "photo");
+	if (a->photo)
+		xml_add_text(st->arena, photo, a->sha1, strlen(a->sha1));
+	return HOOK_PASS;
+}
+
+/* After a vCard set: every session of the account stamps the new hash. */
+struct avatar_news {
+	bool photo;
+	char sha1[2 * SHA_DIGEST_LENGTH + 1];
+};
+
+static void avatar_update(struct session *s, void *arg)
+{
+	struct avatar_news *n = arg;
+	struct avatar *a = s ? *(struct avatar **)session_slot(s, SLOT_AVATAR) : NULL;
+	if (a) {
+		a->known = true;
+		a->photo = n->photo;
+		memcpy(a->sha1, n->sha1, sizeof(a->sha1));
+	}
+	free(n);
+}
+
+static void avatar_changed(const struct jid *account, bool photo, const char *sha1)
+{
+	struct resource_ref refs[64];
+	size_t n = resources_of(account, refs, 64);
+	for (size_t i = 0; i < n && i < 64; i++) {
+		struct avatar_news *m = calloc(1, sizeof(*m));
+		if (!m)
+			die_oom();
+		m->photo = photo;
+		if (photo)
+			memcpy(m->sha1, sha1, sizeof(m->sha1));
+		session_call(&refs[i], avatar_update, m);
+	}
 }
 
 /* Completions run on the worker, without the session: the answer is
@@ -70,10 +223,21 @@ static void vcard_got(void *ud, int rc, struct xml_el *el)
 	}
 }
 
+struct set_req {
+	struct stanza *st;
+	struct avatar_news news; /* the new vCard's photo */
+};
+
 static void vcard_stored(void *ud, int rc)
 {
-	struct stanza *st = ud;
+	struct set_req *q = ud;
+	struct stanza *st = q->st;
+	struct avatar_news news = q->news;
+	free(q);
 	if (rc == STORE_OK) {
+		struct jid bare;
+		jid_bare(&bare, &st->to, st->arena);
+		avatar_changed(&bare, news.photo, news.sha1);
 		stanza_make_result(st);
 		route(st, NULL);
 	} else if (rc == STORE_NOT_FOUND) {
@@ -117,10 +281,14 @@ static enum hook_rc vcard_set(struct hook_ev *ev)
 	}
 	char user[JID_PART_MAX + 1];
 	account_of(ev->st, user, sizeof(user));
-	struct stanza *st = ev->st;
+	struct set_req *q = calloc(1, sizeof(*q));
+	if (!q)
+		die_oom();
+	q->st = ev->st;
 	ev->st = NULL;
+	q->news.photo = photo_hash(stanza_payload(q->st), q->st->arena, q->news.sha1);
 	store_vcard_set(server_store(), worker_origin(), host_domain(ev->host), user, buf_head(&b),
-			buf_pending(&b), vcard_stored, st);
+			buf_pending(&b), vcard_stored, q);
 	buf_free(&b);
 	return HOOK_DONE;
 }
@@ -137,10 +305,18 @@ static const struct iq_reg vcard_iqs[] = {
     {0},
 };
 
+static const struct hook_reg vcard_hooks[] = {
+    {HP_SESSION_BOUND, 0, avatar_bound},
+    {HP_SESSION_FREE, 0, avatar_free},
+    {HP_PRESENCE_OUT, 0, avatar_stamp},
+    {.fn = NULL},
+};
+
 const struct module mod_vcard = {
+    .hooks = vcard_hooks,
     .name = "vcard",
     .start = vcard_start,
     .features = (const char *const[]){NS_VCARD, NULL},
     .iqs = vcard_iqs,
-    .xeps = (const struct xep_ref[]){{54, "1.2", "complete"}, {0}},
+    .xeps = (const struct xep_ref[]){{54, "1.2", "complete"}, {153, "1.1", "complete"}, {0}},
 };

@@ -68,6 +68,11 @@ enum hook_point {
 	 * (copy it with stanza_dup) and must return HOOK_PASS. Also fired with
 	 * an unavailable presence when an available session ends. */
 	HP_PRESENCE_BROADCAST,
+	/* A local session's broadcast presence (no 'to'), before
+	 * HP_PRESENCE_BROADCAST and before anyone receives it: handlers may
+	 * change ev->st in place (add or replace payloads), never consume
+	 * it; return HOOK_PASS. */
+	HP_PRESENCE_OUT,
 	/* A message of type chat or normal to a local bare JID (or a full JID
 	 * treated as bare) with no available resource (RFC 6121 §8.5.2.2.1).
 	 * A handler that stores it returns HOOK_DONE; otherwise the sender
@@ -139,7 +144,14 @@ void ev_reply_result(struct hook_ev *ev);
 /* --- Sessions, for modules ---
  * A session pointer is only valid on its own worker, inside a handler
  * whose ev->origin it is, or inside a session_call() callback. */
-enum sess_slot { SLOT_ROSTER, SLOT_PRESENCE, SLOT_OFFLINE, SLOT_BLOCKING, SLOT_MAX = 8 };
+enum sess_slot {
+	SLOT_ROSTER,
+	SLOT_PRESENCE,
+	SLOT_OFFLINE,
+	SLOT_BLOCKING,
+	SLOT_AVATAR,
+	SLOT_MAX = 8
+};
 /* Per-session state of a module (initially NULL; free it in HP_SESSION_FREE). */
 void **session_slot(struct session *s, enum sess_slot k);
 const struct jid *session_jid(const struct session *s); /* full JID once bound */

@@ -229,6 +229,12 @@ static void presence_broadcast(struct stanza *st, struct session *origin)
 		stanza_free(st);
 		return;
 	}
+	{
+		struct hook_ev out = {
+		    .st = st, .origin = origin, .host = origin->host, .dest = DEST_SELF};
+		hooks_run(origin->host, HP_PRESENCE_OUT, &out);
+		ASSERT(out.st == st); /* changes in place only */
+	}
 	int prio = 0;
 	struct xml_el *p = xml_child(st->el, st->el->ns, "priority");
 	if (p) {
