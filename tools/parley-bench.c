@@ -1348,6 +1348,7 @@ int main(int argc, char **argv)
 	SSL_CTX_set_verify(B.ctx, SSL_VERIFY_NONE, NULL); /* a benchmark, not a client */
 	SSL_CTX_set_mode(B.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	SSL_CTX_set_session_cache_mode(B.ctx, SSL_SESS_CACHE_OFF); /* full handshakes only */
+	SSL_CTX_set_read_ahead(B.ctx, 1);
 	B.lat = calloc(1, sizeof(*B.lat));
 	if (!B.lat)
 		abort();

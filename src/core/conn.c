@@ -364,6 +364,11 @@ static void start_tls(struct conn *c, SSL_CTX *ctx)
 	if (!c->ssl || !SSL_set_fd(c->ssl, c->io.fd))
 		die_oom();
 	SSL_set_accept_state(c->ssl);
+	/* One read(2) takes in as many records as the socket holds, not a
+	 * header and a body per record. conn_read() reads until EAGAIN, so
+	 * nothing complete is left in OpenSSL's buffer when it stops, except
+	 * when its budget ran out, and then the conn is on the pending list. */
+	SSL_set_read_ahead(c->ssl, 1);
 	SSL_set_app_data(c->ssl, c);
 	c->ops = &tls_ops;
 	c->flags |= CONN_TLS | CONN_HANDSHAKE;
