@@ -68,7 +68,7 @@
 
 /* ---------------------------------------------------------------- options */
 
-enum scenario { SC_LOGIN, SC_IDLE, SC_CHAT, SC_PRESENCE };
+enum scenario { SC_LOGIN, SC_IDLE, SC_CHAT, SC_PRESENCE, SC_REGISTER };
 
 static struct opts {
 	enum scenario sc;
@@ -294,6 +294,7 @@ enum cstate {
 	C_HANDSHAKE,
 	C_FEATURES2, /* mechanisms */
 	C_SASL,
+	C_REGISTER, /* in-band registration sent (XEP-0077) */
 	C_FEATURES3, /* bind */
 	C_BIND,
 	C_ROSTER,
@@ -341,6 +342,8 @@ static struct bench {
 	/* results */
 	uint64_t logins, logins_uncached, errors, msgs_sent, msgs_recv, presences, subscribed;
 	uint64_t last_presence;
+	uint64_t existing; /* register: accounts that were there already */
+	int next_user;	   /* register: the next user to register */
 	struct hist *lat;
 	int ready; /* sessions that completed login and are still up */
 	char errs[MAX_ERRORS_SHOWN][160];
@@ -629,6 +632,18 @@ static void xs_element(void *ud, struct xml_el *el, struct arena *a)
 	case C_FEATURES2:
 		if (!is(el, NS_STREAMS, "features"))
 			break;
+		if (o.sc == SC_REGISTER) {
+			char user[128];
+			user_name(c->user, user, sizeof(user));
+			buf_adds(&c->out, "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>"
+					  "<username>");
+			xml_escape(&c->out, user, strlen(user), false);
+			buf_adds(&c->out, "</username><password>");
+			xml_escape(&c->out, o.password, strlen(o.password), false);
+			buf_adds(&c->out, "</password></query></iq>");
+			c->st = C_REGISTER;
+			break;
+		}
 		if (!has_mech(el, o.mech)) {
 			arena_free(a);
 			client_fail(c, "mechanism not offered");
@@ -658,6 +673,29 @@ static void xs_element(void *ud, struct xml_el *el, struct arena *a)
 			client_fail(c, "authentication failed");
 			return;
 		}
+		break;
+	}
+	case C_REGISTER: {
+		if (!is(el, NS_CLIENT, "iq"))
+			break;
+		const char *type = xml_attr(el, "type");
+		struct xml_el *err = xml_child(el, NS_CLIENT, "error");
+		if (type && !strcmp(type, "result")) {
+			B.logins++;
+		} else if (err && xml_child(err, "urn:ietf:params:xml:ns:xmpp-stanzas", "conflict")) {
+			B.existing++;
+		} else {
+			struct xml_el *cond = err ? xml_first_el(err) : NULL;
+			char why[96];
+			snprintf(why, sizeof(why), "registration refused: %s",
+				 cond ? cond->name : "?");
+			arena_free(a);
+			client_fail(c, why);
+			return;
+		}
+		send_str(c, "</stream:stream>");
+		c->recycle = true;
+		xmlstream_pause(c->xs);
 		break;
 	}
 	case C_FEATURES3:
@@ -967,6 +1005,13 @@ static void login_next(struct client *c)
 	client_close(c);
 	if (B.stopping)
 		return;
+	if (o.sc == SC_REGISTER) {
+		if (B.next_user >= o.count)
+			return;
+		c->user = o.first + B.next_user++;
+		client_start(c);
+		return;
+	}
 	c->user = o.first + ((user - o.first) + o.concurrency) % o.count;
 	(void)slot;
 	client_start(c);
@@ -1092,7 +1137,7 @@ static void run_loop(uint64_t until, bool (*done)(void))
 			struct client *c = &B.c[i];
 			if (c->st != C_FREE && c->st != C_READY && t - c->t0 > LOGIN_TIMEOUT_NS)
 				client_fail(c, "login timed out");
-			if (c->dead && o.sc == SC_LOGIN && !B.stopping) {
+			if (c->dead && (o.sc == SC_LOGIN || o.sc == SC_REGISTER) && !B.stopping) {
 				c->dead = false;
 				login_next(c);
 			}
@@ -1132,12 +1177,6 @@ static void summary_errors(void)
 {
 	for (int i = 0; i < B.n_errs; i++)
 		fprintf(stderr, "  error: %s\n", B.errs[i]);
-}
-
-static const char *scenario_name(void)
-{
-	static const char *const names[] = {"login", "idle", "chat", "presence"};
-	return names[o.sc];
 }
 
 static void warn_if_bottleneck(double cpu, double wall)
@@ -1242,7 +1281,8 @@ static int presence_scenario(int slots)
 static void usage(void)
 {
 	fputs(
-	    "usage: parley-bench login|idle|chat|presence [options]\n"
+	    "usage: parley-bench login|idle|chat|presence|register [options]\n"
+	    "  register: creates --count users by in-band registration (XEP-0077)\n"
 	    "  --host ADDR            server address (IPv4, default 127.0.0.1)\n"
 	    "  --port N               c2s port (default 5222)\n"
 	    "  --direct-tls           TLS from the first byte (XEP-0368) instead of STARTTLS\n"
@@ -1287,6 +1327,8 @@ static void parse(int argc, char **argv)
 		o.sc = SC_CHAT;
 	else if (!strcmp(sc, "presence"))
 		o.sc = SC_PRESENCE;
+	else if (!strcmp(sc, "register"))
+		o.sc = SC_REGISTER;
 	else
 		usage();
 	optind = 2;
@@ -1353,10 +1395,11 @@ int main(int argc, char **argv)
 	if (!B.lat)
 		abort();
 
-	int slots = o.sc == SC_LOGIN ? o.concurrency : o.sessions;
-	if (o.sc != SC_LOGIN && o.count < slots) {
-		fprintf(stderr, "parley-bench: %s needs --count >= --sessions (one user each)\n",
-			scenario_name());
+	int slots = o.sc == SC_LOGIN || o.sc == SC_REGISTER ? o.concurrency : o.sessions;
+	if (o.sc == SC_REGISTER && slots > o.count)
+		slots = o.count;
+	if (o.sc == SC_PRESENCE && o.count < slots) {
+		fprintf(stderr, "parley-bench: presence needs --count >= --sessions (one user each)\n");
 		return 2;
 	}
 	if (o.sc == SC_LOGIN && o.count < o.concurrency) {
@@ -1368,7 +1411,9 @@ int main(int argc, char **argv)
 	if (!B.c)
 		abort();
 	for (int i = 0; i < slots; i++) {
-		B.c[i] = (struct client){.slot = i, .fd = -1, .st = C_FREE, .user = o.first + i};
+		/* More sessions than users: each user gets several resources. */
+		B.c[i] = (struct client){
+		    .slot = i, .fd = -1, .st = C_FREE, .user = o.first + i % o.count};
 		B.c[i].partner = i ^ 1;
 		if (B.c[i].partner >= slots)
 			B.c[i].partner = i; /* an odd one out talks to itself */
@@ -1377,7 +1422,33 @@ int main(int argc, char **argv)
 	long rss0 = o.server_pid ? rss_of(o.server_pid) : -1;
 	int rc = 0;
 
-	if (o.sc == SC_LOGIN) {
+	if (o.sc == SC_REGISTER) {
+		uint64_t t = now_ns();
+		B.next_user = slots;
+		for (int i = 0; i < slots; i++)
+			client_start(&B.c[i]);
+		while (!interrupted && (B.logins + B.existing + B.errors < (uint64_t)o.count) &&
+		       now_ns() - t < 3600ull * 1000000000ull) {
+			run_loop(now_ns() + 100000000ull, NULL);
+			bool busy = false;
+			for (int i = 0; i < slots; i++)
+				busy |= B.c[i].st != C_FREE;
+			if (!busy && B.next_user >= o.count)
+				break;
+		}
+		double secs = (double)(now_ns() - t) / 1e9;
+		B.stopping = true;
+		printf("register: %llu accounts created, %llu existed, %llu errors in %.1f s "
+		       "(%.0f/s)\n",
+		       (unsigned long long)B.logins, (unsigned long long)B.existing,
+		       (unsigned long long)B.errors, secs, (double)(B.logins + B.existing) / secs);
+		summary_errors();
+		printf("JSON {\"scenario\":\"register\",\"created\":%llu,\"existing\":%llu,"
+		       "\"errors\":%llu,\"seconds\":%.2f}\n",
+		       (unsigned long long)B.logins, (unsigned long long)B.existing,
+		       (unsigned long long)B.errors, secs);
+		rc = B.logins + B.existing == (uint64_t)o.count ? 0 : 1;
+	} else if (o.sc == SC_LOGIN) {
 		for (int i = 0; i < slots; i++)
 			client_start(&B.c[i]);
 		uint64_t t = now_ns();
