@@ -686,7 +686,27 @@ static bool check_lead(struct xmlstream *xs, const char *p, size_t n)
 	return true;
 }
 
+static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len);
+
 ssize_t xmlstream_feed(struct xmlstream *xs, const char *data, size_t len)
+{
+	/* Whitespace before a stream's first byte (between elements, RFC 6120
+	 * §11.7 allows it) is not part of the new document: clients write a
+	 * newline after </auth> or </response> and then restart the stream
+	 * with an XML declaration, which expat accepts only at the very
+	 * start. Skipped here, counted as consumed. */
+	size_t skipped = 0;
+	if (!xs->err && xs->root == ROOT_NONE && xs->fed == 0 && !xs->suspended)
+		while (skipped < len && (data[skipped] == ' ' || data[skipped] == '\t' ||
+					 data[skipped] == '\r' || data[skipped] == '\n'))
+			skipped++;
+	if (skipped == len)
+		return xs->err ? -1 : (ssize_t)len;
+	ssize_t r = feed_bytes(xs, data + skipped, len - skipped);
+	return r < 0 ? r : r + (ssize_t)skipped;
+}
+
+static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len)
 {
 	if (xs->err)
 		return -1;

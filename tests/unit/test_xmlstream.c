@@ -255,6 +255,36 @@ static void test_restart_sasl(void **state)
 	rec_done(&r);
 }
 
+/* A client may put whitespace after </auth> (RFC 6120 §11.7): it is not
+ * part of the restarted stream, whose XML declaration then still counts
+ * as its first byte. Checked at every split point. */
+static const char sasl_ws[] =
+    HDR "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldAB4</auth>"
+	"\r\n \t\n<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+	"xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>"
+	"<iq type='set' id='b'/>";
+
+static void test_restart_whitespace(void **state)
+{
+	(void)state;
+	struct rec r;
+	const char *want =
+	    HDR_LOG "<{urn:ietf:params:xml:ns:xmpp-sasl}auth mechanism=PLAIN>\"AGp1bGlldAB4\"</>\n"
+		    "reset\n"
+		    "open {http://etherx.jabber.org/streams}stream to=example.com "
+		    "version=1.0 default=jabber:client\n"
+		    "<{jabber:client}iq type=set id=b></>\n";
+	for (size_t split = 0; split <= sizeof(sasl_ws) - 1; split++) {
+		rec_init(&r, &big);
+		r.pause_on = "auth";
+		assert_int_equal(drive(&r, sasl_ws, split, SIZE_MAX), 0);
+		assert_int_equal(drive(&r, sasl_ws + split, sizeof(sasl_ws) - 1 - split, SIZE_MAX),
+				 0);
+		check_log(&r, want);
+		rec_done(&r);
+	}
+}
+
 /* RFC 6120 §5.4.3.3: after <starttls/> the next bytes are TLS, not XML. */
 static void test_pause_starttls(void **state)
 {
@@ -650,14 +680,14 @@ static void test_set_limits(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_whole_stream),     cmocka_unit_test(test_splits),
-	    cmocka_unit_test(test_restart_sasl),     cmocka_unit_test(test_pause_starttls),
-	    cmocka_unit_test(test_pause_resume),     cmocka_unit_test(test_restricted),
-	    cmocka_unit_test(test_encoding),	     cmocka_unit_test(test_invalid_ns),
-	    cmocka_unit_test(test_stanza_limit),     cmocka_unit_test(test_header_limit),
-	    cmocka_unit_test(test_structure_limits), cmocka_unit_test(test_bad_utf8),
-	    cmocka_unit_test(test_memory_bounded),   cmocka_unit_test(test_memory_cap),
-	    cmocka_unit_test(test_set_limits),
+	    cmocka_unit_test(test_whole_stream),   cmocka_unit_test(test_splits),
+	    cmocka_unit_test(test_restart_sasl),   cmocka_unit_test(test_restart_whitespace),
+	    cmocka_unit_test(test_pause_starttls), cmocka_unit_test(test_pause_resume),
+	    cmocka_unit_test(test_restricted),	   cmocka_unit_test(test_encoding),
+	    cmocka_unit_test(test_invalid_ns),	   cmocka_unit_test(test_stanza_limit),
+	    cmocka_unit_test(test_header_limit),   cmocka_unit_test(test_structure_limits),
+	    cmocka_unit_test(test_bad_utf8),	   cmocka_unit_test(test_memory_bounded),
+	    cmocka_unit_test(test_memory_cap),	   cmocka_unit_test(test_set_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
