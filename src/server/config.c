@@ -405,7 +405,10 @@ static const struct opt host_opts[] = {
      .off = HOFF(cert_file),
      .reloadable = true,
      .def_doc = "<domain>.crt",
-     .doc = "PEM certificate chain covering the domain, leaf first."},
+     .doc = "PEM certificate chain covering the domain, leaf first (then its issuer). "
+	    "OCSP stapling: if the file <certificate>.ocsp exists (a DER response, as "
+	    "`openssl ocsp -respout` writes it), it is stapled while it is valid; refresh "
+	    "it before its nextUpdate and send SIGHUP."},
     {.name = "key",
      .type = OPT_PATH,
      .off = HOFF(key_file),
