@@ -27,6 +27,9 @@ int log_level_parse(const char *s, enum log_level *out)
 }
 
 static void vlog(enum log_level l, const char *prefix, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static void vlog(enum log_level l, const char *prefix, const char *fmt, va_list ap)
 {
 	char line[2048];
 	struct timespec ts;

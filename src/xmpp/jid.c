@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <idn2.h>
 
@@ -146,6 +147,20 @@ static int put_label(const char *ace, size_t n, char *out, size_t cap, size_t *o
 	if (is_xn(lab, n)) {
 		if (idn2_to_unicode_8z8z(lab, &u, 0) != IDN2_OK)
 			return -1;
+		/* RFC 5891 §5.4: an A-label must be what its U-label looks up
+		 * to. libidn2 decodes labels such as xn--6g7c (a fullwidth
+		 * solidus) that the lookup would map or refuse, and such a
+		 * label would smuggle '/', '@' or spaces into the domain
+		 * (found by fuzz/fuzz_jid.c). */
+		uint8_t *back = NULL;
+		bool same = idn2_lookup_u8((const uint8_t *)u, &back,
+					   IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL) == IDN2_OK &&
+			    strcasecmp((const char *)back, lab) == 0;
+		free(back);
+		if (!same) {
+			free(u);
+			return -1;
+		}
 		src = u;
 	}
 	size_t k = strlen(src);

@@ -370,6 +370,12 @@ static void test_idn(void **state)
 	expect_bad("xn--bcher-kvb.example");
 	expect_bad("xn--zz.example");
 	expect_bad("♚.example");
+	/* A-labels whose U-label does not look up to them (RFC 5891 §5.4):
+	 * fullwidth solidus and commercial at, a no-break space. They would
+	 * put '/', '@' or a space into the domain (found by fuzzing). */
+	expect_bad("u@xn--6g7c");
+	expect_bad("u@xn--oh7c");
+	expect_bad("u@xn--6a.example");
 	/* NR-LDH only for ASCII labels. */
 	expect_bad("a_b.example");
 	expect_bad("a b.example");
