@@ -1601,5 +1601,12 @@ int main(int argc, char **argv)
 	SSL_CTX_free(B.ctx);
 	free(B.c);
 	free(B.lat);
+	for (size_t i = 0; i < SALT_BUCKETS; i++)
+		while (salts[i]) {
+			struct salted *n = salts[i]->next;
+			free(salts[i]);
+			salts[i] = n;
+		}
+	close(B.ep);
 	return rc;
 }
