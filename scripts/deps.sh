@@ -7,7 +7,8 @@ set -euo pipefail
 
 build_pkgs=(gcc pkg-config meson ninja-build libssl-dev libexpat1-dev libsqlite3-dev
 	libidn2-dev libicu-dev libyaml-dev)
-test_pkgs=(libcmocka-dev python3-pytest python3-slixmpp python3-aioxmpp openssl testssl.sh clang valgrind python3-nbxmpp go-sendxmpp)
+test_pkgs=(libcmocka-dev python3-pytest python3-slixmpp python3-aioxmpp openssl testssl.sh
+	clang libclang-rt-14-dev valgrind python3-nbxmpp go-sendxmpp)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-build}" = test ]; then

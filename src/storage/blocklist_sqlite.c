@@ -21,8 +21,6 @@ const char store_schema_blocklist[] =
     "  PRIMARY KEY (host, username, jid),"
     "  FOREIGN KEY (host, username) REFERENCES users (host, username) ON DELETE CASCADE);";
 
-static struct store_query q_user =
-    STORE_QUERY("SELECT 1 FROM users WHERE host = ?1 AND username = ?2");
 static struct store_query q_add =
     STORE_QUERY("INSERT INTO blocklist (host, username, jid) VALUES (?1, ?2, ?3)"
 		" ON CONFLICT DO NOTHING");
@@ -76,15 +74,10 @@ static int collect_all(struct store_db *db, struct bl_req *r)
 static int change_run(struct store_job *job, struct store_db *db)
 {
 	struct bl_req *r = (struct bl_req *)job;
-	sqlite3_stmt *st = store_stmt(db, &q_user);
-	if (!st)
-		return STORE_ERROR;
-	bind_account(st, r);
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_DONE)
-		return STORE_NOT_FOUND;
-	if (rc != SQLITE_ROW)
-		return store_db_fail(db, "find account");
+	int rc = store_db_user_exists(db, r->host, r->user);
+	if (rc != STORE_OK)
+		return rc;
+	sqlite3_stmt *st;
 	if (r->op == BLOCKLIST_REMOVE_ALL) {
 		if ((rc = collect_all(db, r)) != STORE_OK)
 			return rc;

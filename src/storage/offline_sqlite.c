@@ -29,8 +29,6 @@ const char store_schema_offline[] =
     "  FOREIGN KEY (host, username) REFERENCES users (host, username) ON DELETE CASCADE);"
     "CREATE INDEX offline_messages_user ON offline_messages (host, username, id);";
 
-static struct store_query q_user_exists =
-    STORE_QUERY("SELECT 1 FROM users WHERE host = ?1 AND username = ?2");
 static struct store_query q_usage =
     STORE_QUERY("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM offline_messages"
 		" WHERE host = ?1 AND username = ?2");
@@ -113,17 +111,12 @@ void offline_batch_free(struct offline_batch *b)
 static int put_run(struct store_job *job, struct store_db *db)
 {
 	struct offline_req *r = (struct offline_req *)job;
-	sqlite3_stmt *st = store_stmt(db, &q_user_exists);
-	if (!st)
-		return STORE_ERROR;
-	bind_user(st, r);
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_DONE)
-		return STORE_NOT_FOUND; /* RFC 6121 §8.5.1: no such account */
-	if (rc != SQLITE_ROW)
-		return store_db_fail(db, "offline: look up user");
+	/* RFC 6121 §8.5.1: no such account: STORE_NOT_FOUND. */
+	int rc = store_db_user_exists(db, r->host, r->user);
+	if (rc != STORE_OK)
+		return rc;
 
-	st = store_stmt(db, &q_usage);
+	sqlite3_stmt *st = store_stmt(db, &q_usage);
 	if (!st)
 		return STORE_ERROR;
 	bind_user(st, r);

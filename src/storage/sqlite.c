@@ -678,12 +678,13 @@ static void creds_check(const struct scram_creds *c)
 		ASSERT(c->k[h].iterations >= 0 && c->k[h].salt_len <= SCRAM_MAX_SALT);
 }
 
-static int user_exists(struct store_db *db, const struct user_req *r)
+int store_db_user_exists(struct store_db *db, const char *host, const char *user)
 {
 	sqlite3_stmt *st = store_stmt(db, &q_user_exists);
 	if (!st)
 		return STORE_ERROR;
-	bind_user(st, r);
+	sqlite3_bind_text(st, 1, host, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, user, -1, SQLITE_STATIC);
 	int rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
 		return STORE_OK;
@@ -794,7 +795,7 @@ static int invite_create_run(struct store_job *job, struct store_db *db)
 static int user_set_creds_run(struct store_job *job, struct store_db *db)
 {
 	struct user_req *r = (struct user_req *)job;
-	int rc = user_exists(db, r);
+	int rc = store_db_user_exists(db, r->host, r->user);
 	if (rc)
 		return rc;
 	sqlite3_stmt *st = store_stmt(db, &q_keys_delete);

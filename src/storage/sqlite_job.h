@@ -77,5 +77,8 @@ struct sqlite3_stmt *store_stmt(struct store_db *db, struct store_query *q);
 struct sqlite3 *store_db_handle(struct store_db *db);
 /* Logs SQLite's last error with what was being done; returns STORE_ERROR. */
 int store_db_fail(struct store_db *db, const char *what);
+/* Whether the account host/user exists: STORE_OK, STORE_NOT_FOUND or
+ * STORE_ERROR (logged). For jobs that must not write for a missing one. */
+int store_db_user_exists(struct store_db *db, const char *host, const char *user);
 
 #endif
