@@ -466,10 +466,10 @@ static void presence_effects(const struct jid *user, bool block, const char *con
 		effect_free(e);
 		return;
 	}
-	char u[JID_PART_MAX + 1], h[JID_PART_MAX + 1];
-	snprintf(u, sizeof(u), "%.*s", (int)user->local_len, user->s);
-	snprintf(h, sizeof(h), "%.*s", (int)user->dom_len, user->s + user->dom_off);
-	roster_read(server_store(), worker_origin(), h, u, NULL, 0, effect_roster, e);
+	struct jid_names names;
+	jid_names(user, &names);
+	roster_read(server_store(), worker_origin(), names.host, names.user, NULL, 0, effect_roster,
+		    e);
 }
 
 /* --- the IQs --- */
@@ -565,13 +565,13 @@ static enum hook_rc change_iq(struct hook_ev *ev)
 	q->jids = jids;
 	q->n = k;
 	ev->st = NULL;
-	char u[JID_PART_MAX + 1];
-	snprintf(u, sizeof(u), "%.*s", (int)st->from.local_len, st->from.s);
+	struct jid_names names;
+	jid_names(&st->from, &names);
 	enum blocklist_op op = BLOCKLIST_ADD;
 	if (!block)
 		op = k ? BLOCKLIST_REMOVE : BLOCKLIST_REMOVE_ALL;
-	store_blocklist_change(server_store(), worker_origin(), host_domain(ev->host), u, op, jids,
-			       k, blocklist_max, change_done, q);
+	store_blocklist_change(server_store(), worker_origin(), host_domain(ev->host), names.user,
+			       op, jids, k, blocklist_max, change_done, q);
 	return HOOK_DONE;
 }
 

@@ -59,10 +59,11 @@ static void ask_about_account(struct hook_ev *ev)
 {
 	struct stanza *st = ev->st;
 	ev->st = NULL;
-	char user[JID_PART_MAX + 1], contact[3 * JID_PART_MAX + 3];
-	snprintf(user, sizeof(user), "%.*s", (int)st->to.local_len, st->to.s);
+	struct jid_names n;
+	char contact[3 * JID_PART_MAX + 3];
+	jid_names(&st->to, &n);
 	snprintf(contact, sizeof(contact), "%.*s", (int)jid_bare_len(&st->from), st->from.s);
-	roster_subscription(server_store(), worker_origin(), host_domain(ev->host), user, contact,
+	roster_subscription(server_store(), worker_origin(), n.host, n.user, contact,
 			    contact_checked, st);
 }
 

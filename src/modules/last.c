@@ -42,12 +42,6 @@ static void set_seconds(struct stanza *st, struct xml_el *q, long long secs)
 	xml_set_attr(st->arena, q, "seconds", v);
 }
 
-static void copy_local(const struct jid *j, char *out)
-{
-	memcpy(out, j->s, j->local_len);
-	out[j->local_len] = 0;
-}
-
 static void answer_last(void *ud, int rc, long long when, const char *status)
 {
 	struct stanza *st = ud;
@@ -84,10 +78,9 @@ static void answer_account(struct stanza *st)
 			return;
 		}
 	}
-	char user[JID_PART_MAX + 1], host[JID_PART_MAX + 1];
-	copy_local(&st->to, user);
-	snprintf(host, sizeof(host), "%.*s", (int)st->to.dom_len, st->to.s + st->to.dom_off);
-	store_last_get(server_store(), worker_origin(), host, user, answer_last, st);
+	struct jid_names names;
+	jid_names(&st->to, &names);
+	store_last_get(server_store(), worker_origin(), names.host, names.user, answer_last, st);
 }
 
 static void contact_checked(void *ud, int rc, unsigned sub)
@@ -118,12 +111,13 @@ static enum hook_rc last_query(struct hook_ev *ev)
 	if (ev->dest == DEST_BARE) {
 		struct stanza *st = ev->st;
 		ev->st = NULL; /* ours until the store answers */
-		char user[JID_PART_MAX + 1], contact[3 * JID_PART_MAX + 3];
-		copy_local(&st->to, user);
+		struct jid_names n;
+		char contact[3 * JID_PART_MAX + 3];
+		jid_names(&st->to, &n);
 		snprintf(contact, sizeof(contact), "%.*s", (int)jid_bare_len(&st->from),
 			 st->from.s);
-		roster_subscription(server_store(), worker_origin(), host_domain(ev->host), user,
-				    contact, contact_checked, st);
+		roster_subscription(server_store(), worker_origin(), n.host, n.user, contact,
+				    contact_checked, st);
 		return HOOK_DONE;
 	}
 	struct stanza *st = ev->st;
@@ -134,10 +128,10 @@ static enum hook_rc last_query(struct hook_ev *ev)
 
 static void record(struct session *s, const char *status)
 {
-	char user[JID_PART_MAX + 1];
-	copy_local(session_jid(s), user);
-	store_last_set(server_store(), worker_origin(), host_domain(session_host(s)), user,
-		       (long long)time(NULL), status, NULL, NULL);
+	struct jid_names n;
+	jid_names(session_jid(s), &n);
+	store_last_set(server_store(), worker_origin(), n.host, n.user, (long long)time(NULL),
+		       status, NULL, NULL);
 }
 
 /* Observe only: ev->st stays the core's. */

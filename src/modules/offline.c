@@ -115,12 +115,11 @@ static enum hook_rc offline_store(struct hook_ev *ev)
 		stanza_free(st);
 		return HOOK_DONE;
 	}
-	char user[JID_PART_MAX + 1];
-	memcpy(user, st->to.s, st->to.local_len);
-	user[st->to.local_len] = 0;
+	struct jid_names n;
+	jid_names(&st->to, &n);
 	struct buf b = BUF_INIT;
 	xml_serialize(st->el, NS_CLIENT, &b);
-	store_offline_put(server_store(), worker_origin(), host_domain(ev->host), user,
+	store_offline_put(server_store(), worker_origin(), host_domain(ev->host), n.user,
 			  buf_head(&b), buf_pending(&b), (long long)time(NULL), max_messages,
 			  OFFLINE_MAX_BYTES, put_done, st);
 	buf_free(&b);

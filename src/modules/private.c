@@ -92,10 +92,9 @@ static enum hook_rc private_iq(struct hook_ev *ev)
 		ev_error(ev, SE_NOT_ACCEPTABLE, "Reserved namespace");
 		return HOOK_DONE;
 	}
-	char user[JID_PART_MAX + 1];
-	const struct jid *to = &ev->st->to;
-	memcpy(user, to->s, to->local_len);
-	user[to->local_len] = 0;
+	struct jid_names n;
+	jid_names(&ev->st->to, &n);
+	const char *user = n.user;
 	const char *host = host_domain(ev->host);
 
 	if (ev->st->type == ST_GET) {

@@ -32,17 +32,6 @@
 #define NS_REGISTER	      "jabber:iq:register"
 #define PW_CHANGES_PER_MINUTE 5
 
-struct names {
-	char user[JID_PART_MAX + 1];
-	char host[JID_PART_MAX + 1];
-};
-
-static void names_of(const struct jid *j, struct names *n)
-{
-	snprintf(n->user, sizeof(n->user), "%.*s", (int)j->local_len, j->s);
-	snprintf(n->host, sizeof(n->host), "%.*s", (int)j->dom_len, j->s + j->dom_off);
-}
-
 static void answer(void *ud, int rc)
 {
 	struct stanza *st = ud;
@@ -62,7 +51,7 @@ struct removal {
 	struct stanza *st; /* the request */
 	struct host *host;
 	struct jid bare; /* in st's arena */
-	struct names n;
+	struct jid_names n;
 };
 
 static void send_sub(const char *type, const struct jid *from, const char *to)
@@ -131,7 +120,7 @@ static void start_removal(struct hook_ev *ev)
 	ev->st = NULL;
 	r->host = ev->host;
 	jid_bare(&r->bare, &r->st->from, r->st->arena);
-	names_of(&r->bare, &r->n);
+	jid_names(&r->bare, &r->n);
 	roster_read(server_store(), worker_origin(), r->n.host, r->n.user, NULL,
 		    ROSTER_READ_PENDING, remove_roster_read, r);
 }
@@ -148,8 +137,8 @@ static enum hook_rc register_iq(struct hook_ev *ev)
 	}
 	struct jid bare;
 	jid_bare(&bare, &st->from, st->arena);
-	struct names n;
-	names_of(&bare, &n);
+	struct jid_names n;
+	jid_names(&bare, &n);
 	if (st->type == ST_GET) {
 		/* §3.1: an account that asks is registered already. */
 		struct stanza *res = ev_result(ev);

@@ -93,18 +93,6 @@ static void rsess_unref(struct rsess *r)
 
 /* --- small helpers --- */
 
-/* An account's names as the store wants them. */
-struct names {
-	char user[JID_PART_MAX + 1];
-	char host[JID_PART_MAX + 1];
-};
-
-static void names_of(const struct jid *j, struct names *n)
-{
-	snprintf(n->user, sizeof(n->user), "%.*s", (int)j->local_len, j->s);
-	snprintf(n->host, sizeof(n->host), "%.*s", (int)j->dom_len, j->s + j->dom_off);
-}
-
 static char *bare_dup(const struct jid *j)
 {
 	char *s = strndup(j->s, jid_bare_len(j));
@@ -571,8 +559,8 @@ static void sub_outbound(struct hook_ev *ev)
 	stanza_set_from(st, &bare_from);
 	stanza_set_to(st, &bare_to);
 	struct sub_req *r = sub_req_new(st, &bare_from, &bare_to);
-	struct names n;
-	names_of(&bare_from, &n);
+	struct jid_names n;
+	jid_names(&bare_from, &n);
 	roster_update(server_store(), worker_origin(), n.host, n.user, r->contact, out_fn[st->type],
 		      NULL, NULL, out_done, r);
 }
@@ -656,8 +644,8 @@ static void sub_inbound(struct hook_ev *ev)
 		}
 		arg = r->status;
 	}
-	struct names n;
-	names_of(&bare_to, &n);
+	struct jid_names n;
+	jid_names(&bare_to, &n);
 	roster_update(server_store(), worker_origin(), n.host, n.user, r->contact, in_fn[st->type],
 		      arg, NULL, in_done, r);
 }
@@ -733,8 +721,8 @@ static void probe_inbound(struct hook_ev *ev)
 		return;
 	}
 	char *prober = bare_dup(&prober_bare);
-	struct names n;
-	names_of(&user, &n);
+	struct jid_names n;
+	jid_names(&user, &n);
 	roster_update(server_store(), worker_origin(), n.host, n.user, prober, probe_check, NULL,
 		      NULL, probe_done, p);
 	free(prober);
@@ -960,10 +948,10 @@ static enum hook_rc on_broadcast(struct hook_ev *ev)
 		r->refs++;
 		b->self_id = session_id_of(s);
 	}
-	struct names n;
+	struct jid_names n;
 	struct jid bare;
 	jid_bare(&bare, session_jid(s), b->pres->arena);
-	names_of(&bare, &n);
+	jid_names(&bare, &n);
 	roster_read(server_store(), worker_origin(), n.host, n.user, NULL,
 		    b->initial ? ROSTER_READ_PENDING : 0, bcast_done, b);
 	return HOOK_PASS;
@@ -1144,10 +1132,10 @@ static enum hook_rc roster_iq(struct hook_ev *ev)
 	struct iq_req *q = calloc(1, sizeof(*q));
 	if (!q)
 		die_oom();
-	struct names n;
+	struct jid_names n;
 	struct jid bare;
 	jid_bare(&bare, session_jid(s), st->arena);
-	names_of(&bare, &n);
+	jid_names(&bare, &n);
 	q->user_bare = bare_dup(&bare);
 	if (st->type == ST_GET) {
 		/* §2.2: this resource is interested from now on. */

@@ -39,15 +39,6 @@ static int vcard_start(struct store *st, const struct config *cfg)
 	return 0;
 }
 
-/* The account an IQ is about: its bare 'to' (the router puts the sender's
- * bare JID there when the IQ had none). */
-static void account_of(const struct stanza *st, char *user, size_t cap)
-{
-	size_t n = st->to.local_len < cap ? st->to.local_len : cap - 1;
-	memcpy(user, st->to.s, n);
-	user[n] = 0;
-}
-
 /* --- XEP-0153 (1.1): the avatar hash in presence ---
  * The server knows each account's vCard, so it stamps every available
  * broadcast presence of the account's sessions with
@@ -129,9 +120,9 @@ static enum hook_rc avatar_bound(struct hook_ev *ev)
 	a->load = arena_new(0);
 	*(struct avatar **)session_slot(s, SLOT_AVATAR) = a;
 	const struct jid *j = session_jid(s);
-	char user[JID_PART_MAX + 1];
-	snprintf(user, sizeof(user), "%.*s", (int)j->local_len, j->s);
-	store_vcard_get(server_store(), worker_origin(), host_domain(ev->host), user, a->load,
+	struct jid_names n;
+	jid_names(j, &n);
+	store_vcard_get(server_store(), worker_origin(), host_domain(ev->host), n.user, a->load,
 			avatar_loaded, a);
 	return HOOK_PASS;
 }
@@ -249,8 +240,11 @@ static void vcard_stored(void *ud, int rc)
 
 static enum hook_rc vcard_get(struct hook_ev *ev)
 {
-	char user[JID_PART_MAX + 1];
-	account_of(ev->st, user, sizeof(user));
+	/* The account the IQ is about: its bare 'to' (the router puts the
+	 * sender's bare JID there when the IQ had none). */
+	struct jid_names n;
+	jid_names(&ev->st->to, &n);
+	const char *user = n.user;
 	struct stanza *st = ev->st;
 	ev->st = NULL; /* ours until the store answers */
 	store_vcard_get(server_store(), worker_origin(), host_domain(ev->host), user, st->arena,
@@ -279,8 +273,11 @@ static enum hook_rc vcard_set(struct hook_ev *ev)
 		ev_error(ev, SE_NOT_ACCEPTABLE, text);
 		return HOOK_DONE;
 	}
-	char user[JID_PART_MAX + 1];
-	account_of(ev->st, user, sizeof(user));
+	/* The account the IQ is about: its bare 'to' (the router puts the
+	 * sender's bare JID there when the IQ had none). */
+	struct jid_names n;
+	jid_names(&ev->st->to, &n);
+	const char *user = n.user;
 	struct set_req *q = calloc(1, sizeof(*q));
 	if (!q)
 		die_oom();

@@ -402,3 +402,11 @@ int jid_bare(struct jid *out, const struct jid *in, struct arena *a)
 	out->res_len = 0;
 	return 0;
 }
+
+void jid_names(const struct jid *j, struct jid_names *out)
+{
+	memcpy(out->user, j->s, j->local_len);
+	out->user[j->local_len] = '\0';
+	memcpy(out->host, j->s + j->dom_off, j->dom_len);
+	out->host[j->dom_len] = '\0';
+}

@@ -57,4 +57,12 @@ bool jid_bare_eq(const struct jid *a, const struct jid *b);
 /* Copies the bare JID (new string in a, or malloc when a == NULL). */
 int jid_bare(struct jid *out, const struct jid *in, struct arena *a);
 
+/* An account's names as the store takes them: the localpart and the
+ * domainpart of j, each NUL-terminated. */
+struct jid_names {
+	char user[JID_PART_MAX + 1];
+	char host[JID_PART_MAX + 1];
+};
+void jid_names(const struct jid *j, struct jid_names *out);
+
 #endif
