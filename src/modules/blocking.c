@@ -180,13 +180,16 @@ static void table_change(const char *acct, int op, const char *const *jids, size
 		if (!v)
 			die_oom();
 		l->jids = v;
+		/* Appended behind the sorted part (which has_key searches), then
+		 * sorted once. Callers pass no duplicates among jids. */
+		size_t sorted = l->n;
+		struct blist old = {.jids = v, .n = sorted};
 		for (size_t i = 0; i < n; i++)
-			if (!has_key(l, jids[i], strlen(jids[i]))) {
-				if (!(v[l->n] = strdup(jids[i])))
+			if (!has_key(&old, jids[i], strlen(jids[i])))
+				if (!(v[l->n++] = strdup(jids[i])))
 					die_oom();
-				l->n++;
-				qsort(v, l->n, sizeof(*v), cmp_strp);
-			}
+		if (l->n > sorted)
+			qsort(v, l->n, sizeof(*v), cmp_strp);
 	} else if (l && op == OP_REMOVE) {
 		for (size_t i = 0; i < n; i++)
 			for (size_t k = 0; k < l->n; k++)

@@ -64,6 +64,7 @@ static void send_sub(const char *type, const struct jid *from, const char *to)
 	}
 	stanza_set_from(st, from);
 	stanza_set_to(st, &t);
+	st->unfiltered = true; /* blocked contacts learn it too (RFC 6121 §3.2, §3.3) */
 	route(st, NULL);
 }
 

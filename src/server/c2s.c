@@ -691,6 +691,8 @@ static void reg_created(void *ud, int rc)
 		reg_error(s, q->st, SE_INTERNAL_SERVER_ERROR, NULL);
 	}
 	free(q);
+	if (live)
+		resume_input(s);
 	session_unref(s);
 }
 
@@ -754,6 +756,9 @@ static void reg_set(struct session *s, struct stanza *st, struct xml_el *q)
 	r->st = st;
 	s->refs++;
 	s->reg_busy = true;
+	/* One registration step at a time: nothing else is read until the
+	 * account is written (as for a SASL credential lookup). */
+	pause_input(s);
 	account_password_write(ACCOUNT_PW_CREATE, s->host->domain, r->user, pw,
 			       s->reg_invited ? s->reg_invite : NULL, reg_created, r);
 	OPENSSL_cleanse(pw, sizeof(pw));
@@ -763,7 +768,9 @@ static void reg_token_checked(void *ud, int rc)
 {
 	struct reg_req *q = ud;
 	struct session *s = q->s;
-	if (!s->conn || (s->flags & SF_CLOSING)) {
+	bool live = s->conn && !(s->flags & SF_CLOSING);
+	s->reg_busy = false;
+	if (!live) {
 		stanza_free(q->st);
 	} else if (rc == STORE_OK) {
 		s->reg_invited = true;
@@ -776,12 +783,18 @@ static void reg_token_checked(void *ud, int rc)
 			  rc == STORE_INVITE_INVALID ? "The token is invalid or expired" : NULL);
 	}
 	free(q);
+	if (live)
+		resume_input(s);
 	session_unref(s);
 }
 
 /* XEP-0445 §5: the client presents its invitation before registering. */
 static void reg_preauth(struct session *s, struct stanza *st, struct xml_el *pa)
 {
+	if (s->reg_done || s->reg_busy) {
+		reg_error(s, st, SE_NOT_ALLOWED, "One registration per connection");
+		return;
+	}
 	const char *token = xml_attr(pa, "token");
 	if (!token || !*token || strlen(token) > 256) {
 		reg_error(s, st, SE_BAD_REQUEST, "No token");
@@ -793,6 +806,8 @@ static void reg_preauth(struct session *s, struct stanza *st, struct xml_el *pa)
 	r->s = s;
 	r->st = st;
 	s->refs++;
+	s->reg_busy = true;
+	pause_input(s); /* one store request per stream at a time */
 	SHA256((const unsigned char *)token, strlen(token), s->reg_invite);
 	store_invite_check(srv->store, s->w->loop, s->host->domain, s->reg_invite,
 			   reg_token_checked, r);
