@@ -39,6 +39,10 @@
 /* XML_Parse takes an int length. */
 #define MAX_PIECE (1u << 30)
 
+/* Expat keeps back at most a partial character, reference or "]]" at the
+ * end of a piece; this is comfortably more. */
+#define TAIL_BYTES 32
+
 enum xs_root { ROOT_NONE, ROOT_OPEN, ROOT_CLOSED };
 
 /* One open element inside the current top-level element. */
@@ -75,6 +79,11 @@ struct xmlstream {
 	size_t feed_base;      /* index of the first byte of the current feed call */
 	size_t mark;	       /* end of the last event outside a top-level element */
 	size_t stanza_start;   /* '<' of the open top-level element */
+	size_t seen;	       /* end of the last event expat reported */
+	/* The last bytes handed to expat before the current piece, which a
+	 * syntax error's text may begin in (text_before_error()). */
+	unsigned char tail[TAIL_BYTES];
+	size_t tail_len, tail_end; /* tail holds the bytes before tail_end */
 	unsigned char lead[2]; /* first bytes of the stream, for check_lead() */
 	bool held;	       /* a stream's lone first byte, held until the second comes */
 	unsigned char held_byte;
@@ -354,6 +363,7 @@ static void XMLCALL on_start(void *ud, const XML_Char *qname, const XML_Char **a
 	}
 	xs->frames[xs->nframes++] = (struct xs_frame){.el = e};
 	xs->level++;
+	xs->seen = ev_end(xs);
 }
 
 static void XMLCALL on_end(void *ud, const XML_Char *qname)
@@ -374,6 +384,7 @@ static void XMLCALL on_end(void *ud, const XML_Char *qname)
 		after_cb(xs);
 		return;
 	}
+	xs->seen = ev_end(xs);
 	if (!flush_text(xs))
 		return;
 	xs->nframes--;
@@ -415,6 +426,7 @@ static void XMLCALL on_text(void *ud, const XML_Char *s, int len)
 	}
 	if (xs->nframes == 0)
 		return;
+	xs->seen = ev_end(xs);
 	struct xs_frame *f = &xs->frames[xs->nframes - 1];
 	f->text_len += (size_t)len;
 	if (f->text_len > xs->lim.max_text_len) {
@@ -590,6 +602,9 @@ void xmlstream_reset(struct xmlstream *xs)
 	xs->feed_base = 0;
 	xs->mark = 0;
 	xs->stanza_start = 0;
+	xs->seen = 0;
+	xs->tail_len = 0;
+	xs->tail_end = 0;
 	xs->root = ROOT_NONE;
 	xs->level = 0;
 	xs->ns_decls = 0;
@@ -655,18 +670,134 @@ static void map_expat_error(struct xmlstream *xs)
 		xs->err_text = "XML error";
 }
 
-/* Runs one expat call. Returns 1 to go on, 0 when paused, -1 on error. */
-static int parse_result(struct xmlstream *xs, enum XML_Status st)
+/* Bytes of text a run of character data stands for, as expat would
+ * report them: references decoded, line ends normalized (XML 1.0 §2.11),
+ * CDATA sections unwrapped. The run is well-formed up to its end (expat
+ * found the error there), so a reference always has its ';'. */
+static size_t text_len_of(const unsigned char *p, size_t n)
+{
+	static const char cdata_open[] = "<![CDATA[";
+	size_t out = 0, i = 0;
+	bool cdata = false;
+	while (i < n) {
+		unsigned char c = p[i];
+		if (cdata) {
+			if (c == ']' && n - i >= 3 && p[i + 1] == ']' && p[i + 2] == '>') {
+				cdata = false;
+				i += 3;
+				continue;
+			}
+		} else if (c == '<') {
+			size_t k = sizeof(cdata_open) - 1;
+			if (n - i < k || memcmp(p + i, cdata_open, k) != 0)
+				break; /* markup: the text ends here */
+			cdata = true;
+			i += k;
+			continue;
+		} else if (c == '&') {
+			const unsigned char *semi = memchr(p + i, ';', n - i);
+			if (!semi)
+				break;
+			size_t len = 1;
+			if (i + 1 < n && p[i + 1] == '#') {
+				bool hex = i + 2 < n && p[i + 2] == 'x';
+				unsigned long cp = strtoul((const char *)p + i + 2 + hex, NULL, hex ? 16 : 10);
+				len = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+			}
+			out += len;
+			i = (size_t)(semi - p) + 1;
+			continue;
+		}
+		if (c == '\r' && i + 1 < n && p[i + 1] == '\n')
+			i++;
+		out++;
+		i++;
+	}
+	return out;
+}
+
+/* Expat checks a run of character data before reporting any of it, so a
+ * syntax error inside a long run would hide a text limit that the same
+ * bytes cross when they arrive in small reads (each read's text is
+ * reported as it comes). For the same verdict whatever the reads, the
+ * text between the last reported event and the error is counted here as
+ * if it had been reported (found by fuzz/fuzz_xmlstream.c). piece is what
+ * the failing expat call was given; it ends at xs->fed. */
+static void text_before_error(struct xmlstream *xs, const char *piece, size_t piece_len)
+{
+	if (xs->err || xs->nframes == 0 || xs->level < 2)
+		return;
+	XML_Index at = XML_GetCurrentByteIndex(xs->p);
+	if (at < 0 || (size_t)at <= xs->seen || (size_t)at > xs->fed)
+		return;
+	size_t from = xs->seen, to = (size_t)at;
+	size_t piece_start = xs->fed - piece_len;
+	const unsigned char *run;
+	unsigned char *copy = NULL;
+	if (from >= piece_start) {
+		run = (const unsigned char *)piece + (from - piece_start);
+	} else {
+		/* The run began in an earlier piece: join its start, kept in
+		 * tail, to the rest. */
+		size_t tail_start = xs->tail_end - xs->tail_len;
+		if (from < tail_start || xs->tail_end < piece_start)
+			return; /* expat reports text at the end of every piece: not reached */
+		copy = malloc(to - from);
+		if (!copy)
+			die_oom();
+		size_t head = (to < xs->tail_end ? to : xs->tail_end) - from;
+		memcpy(copy, xs->tail + (from - tail_start), head);
+		if (to > xs->tail_end)
+			memcpy(copy + head, piece + (xs->tail_end - piece_start), to - xs->tail_end);
+		run = copy;
+	}
+	size_t n = to - from;
+	/* "]]>" is reported at its '>': the "]]" before it is never text. */
+	if (n >= 2 && run[n - 1] == ']' && run[n - 2] == ']')
+		n -= 2;
+	size_t len = text_len_of(run, n);
+	free(copy);
+	if (xs->frames[xs->nframes - 1].text_len + len > xs->lim.max_text_len) {
+		xs->err = XS_ERR_POLICY;
+		xs->err_text = "max_text_len";
+	}
+}
+
+/* Keeps the last bytes of a piece expat has taken, for text_before_error(). */
+static void keep_tail(struct xmlstream *xs, const char *piece, size_t n)
+{
+	if (xs->tail_end == xs->fed)
+		return; /* resumed: these bytes were kept when first parsed */
+	if (n >= TAIL_BYTES) {
+		memcpy(xs->tail, piece + n - TAIL_BYTES, TAIL_BYTES);
+		xs->tail_len = TAIL_BYTES;
+		xs->tail_end = xs->fed;
+		return;
+	}
+	size_t keep = xs->tail_len + n > TAIL_BYTES ? TAIL_BYTES - n : xs->tail_len;
+	memmove(xs->tail, xs->tail + xs->tail_len - keep, keep);
+	memcpy(xs->tail + keep, piece, n);
+	xs->tail_len = keep + n;
+	xs->tail_end = xs->fed;
+}
+
+/* Runs one expat call on piece (which ends at xs->fed). Returns 1 to go
+ * on, 0 when paused, -1 on error. */
+static int parse_result(struct xmlstream *xs, enum XML_Status st, const char *piece, size_t n)
 {
 	if (st == XML_STATUS_ERROR || xs->err) {
+		if (st == XML_STATUS_ERROR)
+			text_before_error(xs, piece, n);
 		map_expat_error(xs);
 		return -1;
 	}
 	if (st == XML_STATUS_SUSPENDED) {
 		xs->suspended = true;
 		xs->retained = xs->fed - xs->feed_base - xs->consumed;
+		keep_tail(xs, piece, n);
 		return 0;
 	}
+	keep_tail(xs, piece, n);
 	return 1;
 }
 
@@ -745,7 +876,7 @@ static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len)
 		done = xs->retained;
 		xs->suspended = false;
 		xs->retained = 0;
-		rc = parse_result(xs, XML_ResumeParser(xs->p));
+		rc = parse_result(xs, XML_ResumeParser(xs->p), data, done);
 		if (rc <= 0)
 			goto out;
 	}
@@ -789,7 +920,7 @@ static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len)
 		if (n > MAX_PIECE)
 			n = MAX_PIECE;
 		xs->fed += n;
-		rc = parse_result(xs, XML_Parse(xs->p, data + done, (int)n, XML_FALSE));
+		rc = parse_result(xs, XML_Parse(xs->p, data + done, (int)n, XML_FALSE), data + done, n);
 		if (rc <= 0)
 			goto out;
 		done += n;

@@ -529,6 +529,16 @@ static void test_structure_limits(void **state)
 	expect_error(HDR "<a>0123456789a</a>", XS_ERR_POLICY, &l);
 	expect_error(HDR "<a>01234<b/>56789a</a>", XS_ERR_POLICY, &l);
 	expect_error(HDR "<a><b>&lt;<![CDATA[123456789]]>&amp;</b></a>", XS_ERR_POLICY, &l);
+	/* A syntax error after the text: expat reports none of a run before
+	 * checking all of it, yet the verdict must be the same as when the
+	 * text arrives byte by byte (fuzz/crashes/README.md). */
+	expect_error(HDR "<a>0123456789a]]></a>", XS_ERR_POLICY, &l);
+	expect_error(HDR "<a>0123456789]]></a>", XS_ERR_BAD_FORMAT, &l);
+	expect_error(HDR "<a>0123456789a\xff</a>", XS_ERR_POLICY, &l);
+	expect_error(HDR "<a>0123456789\xff</a>", XS_ERR_BAD_FORMAT, &l);
+	expect_error(HDR "<a>&amp;&#x263A;&lt;\r\n<![CDATA[12\r\n]]>3\x01</a>", XS_ERR_BAD_FORMAT,
+		     &l);
+	expect_error(HDR "<a>&amp;&#x263A;&lt;\r\n<![CDATA[12\r\n]]>34\x01</a>", XS_ERR_POLICY, &l);
 	l = big;
 
 	/* Child nodes, text runs included. */
