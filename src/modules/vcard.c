@@ -141,9 +141,17 @@ static enum hook_rc avatar_stamp(struct hook_ev *ev)
 	struct stanza *st = ev->st;
 	struct avatar *a =
 	    ev->origin ? *(struct avatar **)session_slot(ev->origin, SLOT_AVATAR) : NULL;
-	if (st->type != ST_AVAILABLE || !a || !a->known)
+	if (st->type != ST_AVAILABLE || !a)
 		return HOOK_PASS;
 	struct xml_el *x;
+	if (!a->known) {
+		/* The store has not answered yet (a presence right after
+		 * binding): the client's own hash, if it sent one, is the best
+		 * there is; else §3.2's empty element, "not ready to advertise". */
+		if (!xml_child(st->el, NS_VCARD_UPDATE, "x"))
+			xml_add_child(st->arena, st->el, NS_VCARD_UPDATE, "x");
+		return HOOK_PASS;
+	}
 	while ((x = xml_child(st->el, NS_VCARD_UPDATE, "x")))
 		xml_remove(x);
 	x = xml_add_child(st->arena, st->el, NS_VCARD_UPDATE, "x");
