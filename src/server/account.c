@@ -127,5 +127,5 @@ bool account_rate(const struct jid *bare, const char *what, unsigned per_minute)
 {
 	char key[3 * JID_PART_MAX + 64];
 	snprintf(key, sizeof(key), "%s:%.*s", what, (int)jid_bare_len(bare), bare->s);
-	return throttle_fail(key, loop_now(worker_current()->loop)) <= per_minute;
+	return throttle_add(THR_PASSWD, key, loop_now(worker_current()->loop)) <= per_minute;
 }

@@ -10,6 +10,7 @@
 #include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/arena.h"
 #include "core/buf.h"
@@ -33,6 +34,7 @@
 #define SASL_MAX_REJECTS  10
 #define CLOSE_DEADLINE_MS 5000 /* a closing stream that does not drain is dropped */
 #define MAX_SASL_BYTES	  16384
+#define HELD_INPUT_MAX	  (64 * 1024) /* read while input was paused: at most a read or two */
 
 enum pause_action { PA_NONE, PA_STARTTLS, PA_RESTART, PA_WAIT };
 
@@ -44,6 +46,7 @@ static __thread bool in_feed; /* inside xmlstream_feed: the XML layer can pause 
 static void session_unref(struct session *s);
 static void session_unregister(struct session *s);
 static void process_input(struct session *s, const char *p, size_t n);
+static void resume_input(struct session *s);
 
 /* Asks the XML layer to stop after the current element; process_input()
  * then carries out the action. */
@@ -223,7 +226,6 @@ void session_close(struct session *s, const char *cond, const char *text)
 #define NS_REGISTER_FEATURE "http://jabber.org/features/iq-register"
 #define NS_IBR_TOKEN	    "urn:xmpp:ibr-token:0" /* XEP-0445 §4 */
 #define NS_PARS		    "urn:xmpp:pars:0"	   /* XEP-0401 / XEP-0445 §5 */
-#define REG_WINDOW_MS	    (3600u * 1000u)
 
 static bool reg_allowed(const struct session *s)
 {
@@ -344,6 +346,97 @@ static void session_timer(struct timer *t)
 	loop_timer_set(s->w->loop, &s->timer, idle_ms - (now - s->last_read) + 1);
 }
 
+/* --- per-session rate limits (limits.stanzas_per_second, bytes_per_second) ---
+ * Token buckets holding RL_BURST_S seconds' worth, counted in thousandths
+ * of a token so slow rates refill smoothly. Past a limit, reading pauses
+ * (the rest of the current read is held in s->inbuf) until the bucket is
+ * positive again: nothing is dropped, and TCP pushes back on the sender. */
+#define RL_BURST_S    5
+#define RL_MAX_GAP_MS (3600u * 1000u) /* caps dt * rate, which must not overflow */
+
+static int64_t rl_cap_bytes(const struct limits_conf *l)
+{
+	uint64_t cap = (uint64_t)l->bytes_per_second * RL_BURST_S;
+	if (cap < l->stanza_bytes)
+		cap = l->stanza_bytes; /* one stanza of the largest size always passes */
+	return (int64_t)cap * 1000;
+}
+
+static void rl_refill(struct session *s, uint64_t now)
+{
+	const struct limits_conf *l = &s->w->conf.limits;
+	uint64_t dt = now - s->rl_at;
+	if (dt > RL_MAX_GAP_MS)
+		dt = RL_MAX_GAP_MS;
+	s->rl_at = now;
+	if (l->bytes_per_second) {
+		int64_t cap = rl_cap_bytes(l);
+		s->rl_bytes += (int64_t)(dt * l->bytes_per_second);
+		if (s->rl_bytes > cap)
+			s->rl_bytes = cap;
+	}
+	if (l->stanzas_per_second) {
+		int64_t cap = (int64_t)l->stanzas_per_second * RL_BURST_S * 1000;
+		s->rl_stanzas += (int64_t)(dt * l->stanzas_per_second);
+		if (s->rl_stanzas > cap)
+			s->rl_stanzas = cap;
+	}
+}
+
+/* Milliseconds until both buckets are positive again; 0 if they are. */
+static uint64_t rl_wait_ms(const struct session *s)
+{
+	const struct limits_conf *l = &s->w->conf.limits;
+	uint64_t ms = 0;
+	if (l->bytes_per_second && s->rl_bytes < 0)
+		ms = (uint64_t)(-s->rl_bytes) / l->bytes_per_second + 1;
+	if (l->stanzas_per_second && s->rl_stanzas < 0) {
+		uint64_t m = (uint64_t)(-s->rl_stanzas) / l->stanzas_per_second + 1;
+		if (m > ms)
+			ms = m;
+	}
+	return ms;
+}
+
+/* Pauses reading if a bucket is empty. */
+static void rl_check(struct session *s)
+{
+	if (!s->conn || (s->flags & (SF_THROTTLED | SF_CLOSING)))
+		return;
+	uint64_t ms = rl_wait_ms(s);
+	if (!ms)
+		return;
+	LOGS(LOG_DEBUG, s->id, "over its rate limit: not reading for %llu ms",
+	     (unsigned long long)ms);
+	s->flags |= SF_THROTTLED;
+	conn_pause(s->conn, true);
+	if (in_feed && pending_action == PA_NONE)
+		request(s, PA_WAIT); /* stop after this element; the rest waits */
+	loop_timer_set(s->w->loop, &s->rl_timer, ms);
+}
+
+static void rl_fire(struct timer *t)
+{
+	struct session *s = t->ud;
+	s->flags &= ~SF_THROTTLED;
+	if (!s->conn || (s->flags & SF_CLOSING))
+		return;
+	rl_refill(s, loop_now(s->w->loop));
+	rl_check(s);
+	if (!(s->flags & (SF_THROTTLED | SF_WAIT_STORE)))
+		resume_input(s);
+}
+
+/* The session stops counting against its address's unauthenticated
+ * connections (limits.connections_per_ip). */
+static void release_ip_gauge(struct session *s)
+{
+	if (s->ip_gauge) {
+		throttle_gauge_dec(s->ip_gauge);
+		s->ip_gauge = 0;
+	}
+}
+
 /* --- SASL --- */
 
 static void sasl_cbind_of(struct session *s, struct sasl_cbind *cb)
@@ -397,11 +490,12 @@ static void sasl_send_data(struct session *s, const char *elname, const struct b
 
 static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data);
 
-/* Input held back while we waited (store, throttling) is processed now. */
+/* Input held back while we waited (store, throttling) is processed now,
+ * unless the rate limit still holds it (rl_fire() resumes then). */
 static void resume_input(struct session *s)
 {
 	s->flags &= ~SF_WAIT_STORE;
-	if (!s->conn)
+	if (!s->conn || (s->flags & SF_THROTTLED))
 		return;
 	conn_pause(s->conn, false);
 	if (s->inbuf && buf_pending(s->inbuf)) {
@@ -442,13 +536,15 @@ static void auth_failed(struct session *s, const char *cond)
 		return;
 	}
 	uint64_t now = loop_now(s->w->loop);
-	throttle_fail(s->conn->peer_ip, now);
+	char ipkey[THROTTLE_IP_KEY];
+	throttle_ip_key(&s->conn->peer, ipkey);
+	throttle_add(THR_AUTH, ipkey, now);
 	const char *user = s->sasl ? sasl_authcid(s->sasl) : NULL;
 	unsigned limit = s->w->conf.limits.auth_failures_per_account;
 	if (user && limit && s->host) {
 		char key[JID_PART_MAX * 2 + 8];
 		snprintf(key, sizeof(key), "acct:%s@%s", user, s->host->domain);
-		unsigned n = throttle_fail(key, now);
+		unsigned n = throttle_add(THR_AUTH, key, now);
 		if (n > limit) {
 			uint64_t ms = 1000u * (n - limit);
 			s->delay_cond = cond;
@@ -526,6 +622,7 @@ static void sasl_result(struct session *s, enum sasl_rc rc, struct buf *data)
 		s->sasl = NULL;
 		s->flags |= SF_AUTHED;
 		s->flags &= ~SF_OPENED;
+		release_ip_gauge(s);
 		request(s, PA_RESTART); /* RFC 6120 §6.4.6: stream restart */
 		return;
 	}
@@ -576,8 +673,9 @@ static void handle_sasl(struct session *s, struct xml_el *el, struct arena *a)
 		    .fake_iterations = (int)s->w->conf.scram_iterations,
 		};
 		unsigned ip_limit = s->w->conf.limits.auth_failures_per_ip;
-		if (ip_limit &&
-		    throttle_count(s->conn->peer_ip, loop_now(s->w->loop)) >= ip_limit) {
+		char ipkey[THROTTLE_IP_KEY];
+		throttle_ip_key(&s->conn->peer, ipkey);
+		if (ip_limit && throttle_count(THR_AUTH, ipkey, loop_now(s->w->loop)) >= ip_limit) {
 			/* RFC 6120 §6.5.12: try again later. */
 			LOGS(LOG_INFO, s->id, "too many failed logins from %s: refused for now",
 			     s->conn->peer_ip);
@@ -661,11 +759,6 @@ struct reg_req {
 	char user[JID_PART_MAX + 1];
 };
 
-static void reg_ip_key(const struct session *s, char *key, size_t cap)
-{
-	snprintf(key, cap, "reg:%s", s->conn ? s->conn->peer_ip : "?");
-}
-
 static void reg_created(void *ud, int rc)
 {
 	struct reg_req *q = ud;
@@ -739,11 +832,11 @@ static void reg_set(struct session *s, struct stanza *st, struct xml_el *q)
 		return;
 	}
 	unsigned limit = wc->limits.registrations_per_ip;
-	char key[96];
-	reg_ip_key(s, key, sizeof(key));
+	char key[THROTTLE_IP_KEY];
+	throttle_ip_key(&s->conn->peer, key);
 	/* Counted when tried, not when done: parallel connections must not
 	 * all pass the check before the first account is written. */
-	if (limit && throttle_add(key, loop_now(s->w->loop), REG_WINDOW_MS) > limit) {
+	if (limit && throttle_add(THR_REGISTER, key, loop_now(s->w->loop)) > limit) {
 		free(r);
 		OPENSSL_cleanse(pw, sizeof(pw));
 		LOGS(LOG_INFO, s->id, "registration refused: %u accounts from %s this hour", limit,
@@ -1010,9 +1103,8 @@ static void handle_stanza(struct session *s, struct xml_el *el, struct arena *a)
 	route(st, s);
 }
 
-static void on_element(void *ud, struct xml_el *el, struct arena *a)
+static void handle_element(struct session *s, struct xml_el *el, struct arena *a)
 {
-	struct session *s = ud;
 	if (s->flags & SF_CLOSING) {
 		arena_free(a);
 		return;
@@ -1092,6 +1184,15 @@ static void on_element(void *ud, struct xml_el *el, struct arena *a)
 	handle_stanza(s, el, a);
 }
 
+static void on_element(void *ud, struct xml_el *el, struct arena *a)
+{
+	struct session *s = ud;
+	if (s->w->conf.limits.stanzas_per_second)
+		s->rl_stanzas -= 1000;
+	handle_element(s, el, a);
+	rl_check(s);
+}
+
 static void on_close(void *ud)
 {
 	struct session *s = ud;
@@ -1169,14 +1270,17 @@ static void on_data(struct conn *c, const char *p, size_t n)
 {
 	struct session *s = c->ud;
 	s->last_read = loop_now(s->w->loop);
-	if (s->flags & SF_WAIT_STORE) {
+	rl_refill(s, s->last_read);
+	if (s->w->conf.limits.bytes_per_second)
+		s->rl_bytes -= (int64_t)n * 1000;
+	if (s->flags & (SF_WAIT_STORE | SF_THROTTLED)) {
 		/* Reading is paused, but a read already in progress may land. */
 		if (!s->inbuf) {
 			s->inbuf = calloc(1, sizeof(*s->inbuf));
 			if (!s->inbuf)
 				die_oom();
 		}
-		if (buf_pending(s->inbuf) + n > s->w->conf.limits.stanza_bytes_preauth * 2) {
+		if (buf_pending(s->inbuf) + n > HELD_INPUT_MAX) {
 			session_close(s, "policy-violation", NULL);
 			return;
 		}
@@ -1184,6 +1288,7 @@ static void on_data(struct conn *c, const char *p, size_t n)
 		return;
 	}
 	process_input(s, p, n);
+	rl_check(s);
 }
 
 static void on_tls_ready(struct conn *c)
@@ -1233,6 +1338,8 @@ static void on_closed(struct conn *c, const char *reason)
 	s->conn = NULL;
 	s->flags |= SF_GONE;
 	loop_timer_cancel(w->loop, &s->timer);
+	loop_timer_cancel(w->loop, &s->rl_timer);
+	release_ip_gauge(s);
 	if (timer_armed(&s->delay)) {
 		loop_timer_cancel(w->loop, &s->delay);
 		s->refs--; /* the delay's reference; the conn's is dropped below */
@@ -1283,8 +1390,55 @@ static uint64_t alloc_slot(struct worker *w, struct session *s)
 	return (uint64_t)(++w->gen) << 32 | (uint64_t)w->idx << 24 | slot;
 }
 
+/* A connection over a per-address limit is closed before any TLS or XML
+ * work. On the STARTTLS port it gets a stream error first (RFC 6120
+ * §4.9.1.1: our header, then the error), written without waiting for the
+ * peer's header; on the direct TLS port nothing can be said before a
+ * handshake, which is what the limit saves. */
+static void refuse(struct worker *w, int fd, bool direct_tls, const char *ip, const char *why)
+{
+	static __thread uint64_t last_log;
+	uint64_t now = loop_now(w->loop);
+	/* A flood must not flood the log too: one line per second and worker. */
+	int level = now - last_log >= 1000 || !last_log ? LOG_INFO : LOG_DEBUG;
+	if (level == LOG_INFO)
+		last_log = now;
+	LOG(level, "refused a connection from %s: %s", ip, why);
+	if (!direct_tls) {
+		char msg[512];
+		int n = snprintf(msg, sizeof(msg),
+				 "<?xml version='1.0'?><stream:stream xmlns='" NS_CLIENT
+				 "' xmlns:stream='" NS_STREAMS "' from='%s' version='1.0'>"
+				 "<stream:error><policy-violation xmlns='" NS_STREAM_ERRORS "'/>"
+				 "<text xmlns='" NS_STREAM_ERRORS "'>%s</text></stream:error>"
+				 "</stream:stream>",
+				 srv->hosts[0].domain, why);
+		if (n > 0 && (size_t)n < sizeof(msg) &&
+		    send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+			/* The peer is gone already: nothing to tell it. */
+		}
+	}
+	close(fd);
+}
+
 void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls)
 {
+	const struct limits_conf *lim = &w->conf.limits;
+	char ipkey[THROTTLE_IP_KEY];
+	throttle_ip_key(peer, ipkey);
+	if (lim->connections_per_second_per_ip &&
+	    throttle_add(THR_CONNECT, ipkey, loop_now(w->loop)) >
+		lim->connections_per_second_per_ip * THROTTLE_CONNECT_WINDOW_S) {
+		refuse(w, fd, direct_tls, ipkey, "Too many new connections from your address");
+		return;
+	}
+	uint64_t gauge = 0;
+	if (lim->connections_per_ip &&
+	    throttle_gauge_inc(ipkey, lim->connections_per_ip, &gauge) == GAUGE_FULL) {
+		refuse(w, fd, direct_tls, ipkey,
+		       "Too many unauthenticated connections from your address");
+		return;
+	}
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s)
 		die_oom();
@@ -1296,6 +1450,11 @@ void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, b
 	s->last_read = loop_now(w->loop);
 	timer_init(&s->timer, session_timer, s);
 	timer_init(&s->delay, delay_fire, s);
+	timer_init(&s->rl_timer, rl_fire, s);
+	s->ip_gauge = gauge;
+	s->rl_at = s->last_read;
+	s->rl_bytes = rl_cap_bytes(lim);
+	s->rl_stanzas = (int64_t)lim->stanzas_per_second * RL_BURST_S * 1000;
 	if (direct_tls)
 		s->flags |= SF_TLS | SF_DIRECT_TLS;
 	s->next = w->sessions;
@@ -1307,6 +1466,7 @@ void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, b
 			      direct_tls ? atomic_load(&srv->hosts[0].tls) : NULL, &c2s_handler, s);
 	if (!s->conn) {
 		LOG(LOG_WARN, "could not watch an accepted connection");
+		release_ip_gauge(s);
 		s->flags |= SF_GONE;
 		w->sessions = s->next;
 		if (s->next)

@@ -354,6 +354,48 @@ static const struct opt opts[] = {
      .doc = "In-band registration attempts one IP address may make per hour, with or "
 	    "without an invitation; a refused attempt counts too, so parallel connections "
 	    "cannot pass the limit together. 0 removes the limit (test setups only)."},
+    {.name = "limits.connections_per_ip",
+     .type = OPT_UINT,
+     .off = OFF(limits.connections_per_ip),
+     .def = 16,
+     .min = 0,
+     .max = 100000,
+     .reloadable = true,
+     .doc = "Connections one IP address (for IPv6, one /64 network) may hold open "
+	    "before they authenticate; a new one past it is closed at once with "
+	    "policy-violation. Authenticated sessions do not count, so users behind one "
+	    "NAT are not limited, only parallel handshakes. 0 removes the limit."},
+    {.name = "limits.connections_per_second_per_ip",
+     .type = OPT_UINT,
+     .off = OFF(limits.connections_per_second_per_ip),
+     .def = 5,
+     .min = 0,
+     .max = 100000,
+     .reloadable = true,
+     .doc = "New connections accepted per second from one IP address (for IPv6, one /64), "
+	    "averaged over 10 seconds, so a burst of 10 times this passes; past it new "
+	    "connections are closed at once. 0 removes the limit (load tests)."},
+    {.name = "limits.stanzas_per_second",
+     .type = OPT_UINT,
+     .off = OFF(limits.stanzas_per_second),
+     .def = 50,
+     .min = 0,
+     .max = 1000000,
+     .reloadable = true,
+     .doc = "Stanzas (and other top-level elements) one session may send per second, "
+	    "as a token bucket holding 5 seconds' worth: a client's burst at login passes, "
+	    "a flood is slowed by not reading from it (TCP pushes back), never by "
+	    "dropping. 0 removes the limit (load tests)."},
+    {.name = "limits.bytes_per_second",
+     .type = OPT_SIZE,
+     .off = OFF(limits.bytes_per_second),
+     .def = 64 * KIB,
+     .min = 0,
+     .max = 1024 * MIB,
+     .reloadable = true,
+     .doc = "Bytes one session may send per second, as a token bucket holding 5 seconds' "
+	    "worth (at least one limits.stanza_bytes); past it reading pauses until the "
+	    "bucket refills. 0 removes the limit (load tests)."},
     {.name = "limits.roster_items",
      .type = OPT_UINT,
      .off = OFF(limits.roster_items),

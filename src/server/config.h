@@ -35,6 +35,10 @@ struct limits_conf {
 	unsigned auth_failures_per_ip;	    /* per minute, then wait */
 	unsigned auth_failures_per_account; /* per minute, then failures are delayed */
 	unsigned registrations_per_ip;	    /* in-band registrations per hour */
+	unsigned connections_per_ip;	    /* open unauthenticated connections per IP */
+	unsigned connections_per_second_per_ip; /* new connections, averaged over 10 s */
+	unsigned stanzas_per_second;		/* per session: token bucket rate */
+	size_t bytes_per_second;		/* per session: token bucket rate */
 	unsigned roster_items;		    /* items per roster */
 	unsigned offline_messages;	    /* stored messages per account */
 	size_t vcard_bytes;		    /* serialized vCard */

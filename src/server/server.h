@@ -111,6 +111,7 @@ struct worker *worker_current(void); /* the worker running this thread, or NULL 
 #define SF_DIRECT_TLS 0x0080u
 #define SF_GONE	      0x0100u /* connection gone; waiting for refs to drop */
 #define SF_UNBOUND    0x0200u /* removed from the registry (closing) */
+#define SF_THROTTLED  0x0400u /* input paused: over limits.stanzas/bytes_per_second */
 
 struct session {
 	uint64_t id;
@@ -130,6 +131,10 @@ struct session {
 	struct buf *inbuf;  /* input held back while paused (malloc), or NULL */
 	struct timer timer; /* handshake / idle deadline */
 	struct timer delay; /* a SASL failure held back (throttling) */
+	struct timer rl_timer; /* reading resumes when the token buckets refill */
+	int64_t rl_bytes, rl_stanzas; /* token buckets, in thousandths of a token */
+	uint64_t rl_at;		      /* last refill (loop ms) */
+	uint64_t ip_gauge; /* counted in the unauthenticated connections of its IP, or 0 */
 	const char *delay_cond;
 	uint64_t last_read;
 	unsigned char cb_exporter[32];

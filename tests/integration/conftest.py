@@ -39,10 +39,19 @@ class Server:
         self.log_path = os.path.join(tmp_path, "parleyd.log")
         self.cert = os.path.join(tmp_path, DOMAIN + ".crt")
         self.key = os.path.join(tmp_path, DOMAIN + ".key")
+        self.workers = workers
+        self.configure(extra)
+        subprocess.run([PARLEYCTL, "cert", "generate", DOMAIN, "--dir", str(tmp_path)],
+                       check=True, capture_output=True)
+        self.proc = None
+
+    def configure(self, extra=""):
+        """(Re)writes the configuration with these extra top-level lines;
+        before start(), or followed by a SIGHUP for reloadable options."""
         with open(self.conf, "w") as f:
             f.write(f"""# written by tests/integration/conftest.py
 log_level: debug
-workers: {workers}
+workers: {self.workers}
 interfaces: ["127.0.0.1"]
 c2s_port: {self.c2s}
 c2s_tls_port: {self.c2s_tls}
@@ -55,9 +64,6 @@ hosts:
     certificate: {DOMAIN}.crt
     key: {DOMAIN}.key
 """)
-        subprocess.run([PARLEYCTL, "cert", "generate", DOMAIN, "--dir", str(tmp_path)],
-                       check=True, capture_output=True)
-        self.proc = None
 
     def ctl(self, *args, input=None, check=True):
         return subprocess.run([PARLEYCTL, "--config", self.conf, *args], input=input,
