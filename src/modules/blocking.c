@@ -145,6 +145,11 @@ static bool blocks(const char *acct, size_t len, const struct jid *x)
 	return r;
 }
 
+bool blocking_blocks(const struct jid *owner, const struct jid *other)
+{
+	return blocks(owner->s, jid_bare_len(owner), other);
+}
+
 static int cmp_strp(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -478,12 +483,22 @@ static void presence_effects(const struct jid *user, bool block, const char *con
 /* --- the IQs --- */
 
 struct change_req {
-	struct stanza *st; /* owned: the request, answered in place */
-	const char *what;  /* "block" or "unblock" */
+	struct stanza *st;		 /* owned: the request, answered in place */
+	char acct[2 * JID_PART_MAX + 2]; /* the list's owner, bare */
+	const char *what;		 /* "block" or "unblock" */
 	int op;
 	const char **jids; /* into st's arena */
 	size_t n;
 };
+
+/* On the storage thread, right after the commit: changes reach the memory
+ * copy in the order the store made them, whichever workers asked. */
+static void change_apply(void *ud, int rc, const char *const *changed, size_t n)
+{
+	struct change_req *q = ud;
+	(void)rc;
+	table_change(q->acct, q->op, q->op == OP_CLEAR ? NULL : changed, q->op == OP_CLEAR ? 0 : n);
+}
 
 static void change_done(void *ud, int rc, const char *const *changed, size_t n)
 {
@@ -498,14 +513,9 @@ static void change_done(void *ud, int rc, const char *const *changed, size_t n)
 	} else if (rc != STORE_OK) {
 		route_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
 	} else {
+		/* The memory copy changed already, in commit order (change_apply). */
 		struct jid user;
 		jid_bare(&user, &st->from, st->arena);
-		char acct[2 * JID_PART_MAX + 2];
-		snprintf(acct, sizeof(acct), "%s", user.s);
-		if (q->op == OP_CLEAR)
-			table_change(acct, OP_CLEAR, NULL, 0);
-		else
-			table_change(acct, q->op, q->jids, q->n);
 		if (q->op != OP_ADD) /* §3.4: they see us again, unblocked first */
 			presence_effects(&user, false, changed, n);
 		push_to_user(&user, q->what, q->jids, q->n);
@@ -573,8 +583,9 @@ static enum hook_rc change_iq(struct hook_ev *ev)
 	enum blocklist_op op = BLOCKLIST_ADD;
 	if (!block)
 		op = k ? BLOCKLIST_REMOVE : BLOCKLIST_REMOVE_ALL;
+	snprintf(q->acct, sizeof(q->acct), "%.*s", (int)jid_bare_len(&st->from), st->from.s);
 	store_blocklist_change(server_store(), worker_origin(), host_domain(ev->host), names.user,
-			       op, jids, k, blocklist_max, change_done, q);
+			       op, jids, k, blocklist_max, change_apply, change_done, q);
 	return HOOK_DONE;
 }
 

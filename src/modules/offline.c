@@ -263,6 +263,11 @@ static void deliver(struct session *s, void *arg)
 			    d->user, d->host, m->id);
 			continue;
 		}
+		if (blocking_blocks(&d->bare, &st->from)) {
+			/* Stored before its sender was blocked (XEP-0191 §3.3). */
+			stanza_free(st);
+			continue;
+		}
 		add_delay(st, domain, m->stamp);
 		session_deliver(s, st);
 	}

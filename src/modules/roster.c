@@ -836,6 +836,11 @@ static void pending_deliver(struct bcast_req *b, const struct roster_pending *p)
 	struct stanza *st = presence_new("subscribe", p->jid, b->user_bare);
 	if (!st)
 		return;
+	if (blocking_blocks(&st->to, &st->from)) {
+		/* Asked before the user blocked them (XEP-0191 §3.3). */
+		stanza_free(st);
+		return;
+	}
 	if (p->status && *p->status) {
 		struct xml_el *e = xml_add_child(st->arena, st->el, NS_CLIENT, "status");
 		xml_add_text(st->arena, e, p->status, strlen(p->status));

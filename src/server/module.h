@@ -141,6 +141,11 @@ void ev_error(struct hook_ev *ev, enum st_err cond, const char *text);
 /* Shorthand: empty result, sent. */
 void ev_reply_result(struct hook_ev *ev);
 
+/* Does owner's account block other (XEP-0191, mod_blocking)? For stanzas
+ * that reach a user without being routed (offline messages, subscription
+ * requests that waited): the routing filter never saw them. */
+bool blocking_blocks(const struct jid *owner, const struct jid *other);
+
 /* --- Sessions, for modules ---
  * A session pointer is only valid on its own worker, inside a handler
  * whose ev->origin it is, or inside a session_call() callback. */

@@ -42,7 +42,7 @@ struct bl_req {
 	char **jids; /* owned copies */
 	size_t n, max;
 	bool *changed; /* per jid (REMOVE_ALL: per listed row) */
-	blocklist_change_cb *cb;
+	blocklist_change_cb *cb, *apply;
 	void *ud;
 	struct buf out; /* load / REMOVE_ALL: NUL-separated strings */
 	size_t n_out;
@@ -121,9 +121,9 @@ static void req_free(struct bl_req *r)
 	free(r);
 }
 
-static void change_done(struct store_job *job, int rc)
+/* Calls fn with the JIDs the change actually added or removed. */
+static void with_changed(struct bl_req *r, int rc, blocklist_change_cb *fn)
 {
-	struct bl_req *r = (struct bl_req *)job;
 	size_t n = r->op == BLOCKLIST_REMOVE_ALL ? r->n_out : r->n, k = 0;
 	const char **v = calloc(n + 1, sizeof(*v));
 	if (!v)
@@ -137,14 +137,26 @@ static void change_done(struct store_job *job, int rc)
 			if (r->changed[i])
 				v[k++] = r->jids[i];
 	}
-	r->cb(r->ud, rc, v, k);
+	fn(r->ud, rc, v, k);
 	free(v);
+}
+
+static void change_committed(struct store_job *job)
+{
+	struct bl_req *r = (struct bl_req *)job;
+	with_changed(r, STORE_OK, r->apply);
+}
+
+static void change_done(struct store_job *job, int rc)
+{
+	struct bl_req *r = (struct bl_req *)job;
+	with_changed(r, rc, r->cb);
 	req_free(r);
 }
 
 void store_blocklist_change(struct store *s, void *origin, const char *host, const char *user,
 			    enum blocklist_op op, const char *const *jids, size_t n, size_t max,
-			    blocklist_change_cb *cb, void *ud)
+			    blocklist_change_cb *apply, blocklist_change_cb *cb, void *ud)
 {
 	struct bl_req *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -154,6 +166,7 @@ void store_blocklist_change(struct store *s, void *origin, const char *host, con
 	r->op = op;
 	r->max = max;
 	r->cb = cb;
+	r->apply = apply;
 	r->ud = ud;
 	if (op == BLOCKLIST_REMOVE_ALL)
 		n = 0;
@@ -169,6 +182,8 @@ void store_blocklist_change(struct store *s, void *origin, const char *host, con
 	r->job.write = true;
 	r->job.run = change_run;
 	r->job.done = change_done;
+	if (apply)
+		r->job.committed = change_committed;
 	store_job_submit(s, &r->job);
 }
 

@@ -26,10 +26,12 @@ enum blocklist_op {
 typedef void blocklist_change_cb(void *ud, int rc, const char *const *changed, size_t n);
 /* Applies op to user@host's list in one transaction; jids are normalized
  * JID strings (copied). rc: STORE_OK, STORE_NOT_FOUND (no such account),
- * BLOCKLIST_LIMIT (nothing written), STORE_ERROR. */
+ * BLOCKLIST_LIMIT (nothing written), STORE_ERROR. apply (optional) gets
+ * the same changed list on the storage thread, in commit order, once the
+ * change is durable (sqlite_job.h, committed): for the memory copy. */
 void store_blocklist_change(struct store *s, void *origin, const char *host, const char *user,
 			    enum blocklist_op op, const char *const *jids, size_t n, size_t max,
-			    blocklist_change_cb *cb, void *ud);
+			    blocklist_change_cb *apply, blocklist_change_cb *cb, void *ud);
 
 /* Start-up only: calls fn for every blocked JID of every account, sorted
  * by host, user and JID, on the caller's thread. */

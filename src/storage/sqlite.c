@@ -322,6 +322,8 @@ static void run_list(struct store *s, struct store_job *list)
 		 * hears it succeeded. */
 		while (j) {
 			struct store_job *next = j->next;
+			if (j->committed && j->rc == STORE_OK)
+				j->committed(j);
 			job_finish(s, j);
 			j = next;
 		}

@@ -43,6 +43,13 @@ struct store_job {
 	 * rc is run's, or STORE_ERROR if the commit failed. The job is the
 	 * submitter's again and may be freed here. Unused by store_job_sync. */
 	void (*done)(struct store_job *job, int rc);
+	/* Optional, for state kept in memory beside the store (blocklists):
+	 * on the storage thread, in commit order, once the write is durable
+	 * and run returned STORE_OK, before done is posted. Applying a change
+	 * to the memory copy here, not in done, keeps it in the order the
+	 * store applied the changes; done callbacks on different workers can
+	 * run in any order. Must be quick and must not block. */
+	void (*committed)(struct store_job *job);
 
 	/* Private to the store. */
 	struct store_job *next;

@@ -2,6 +2,7 @@
 block does to stanzas both ways and to presence, JID matching (XEP-0016
 §2.1), persistence across a restart, and slixmpp's plugin against it."""
 import asyncio
+import time
 import xml.etree.ElementTree as ET
 
 from conftest import DOMAIN
@@ -158,6 +159,32 @@ def test_blocked_message_not_stored_offline(server):
     a = online(server, "alice", "back")
     a.expect_none(lambda e: e.tag == C + "message", 1.0, "offline message from a blocked JID")
     a.close()
+
+
+def test_stored_before_the_block_is_not_delivered(server):
+    """A message stored offline and a subscription request that waited,
+    both from bob before alice blocked him: neither reaches her at login."""
+    server.adduser("alice")
+    server.adduser("bob")
+    server.adduser("carol")
+    server.start()
+    b = online(server, "bob")
+    b.send(f"<message to='{ALICE}' type='chat'><body>before the block</body></message>")
+    b.send(f"<presence to='{ALICE}' type='subscribe'/>")
+    c = online(server, "carol")
+    c.send(f"<message to='{ALICE}' type='chat'><body>from carol</body></message>")
+    time.sleep(0.5)  # both stored
+    a = Raw(server, "alice", "blocker")  # not available: nothing delivered yet
+    assert block(a, BOB).get("type") == "result"
+    a.close()
+    a = online(server, "alice", "back")
+    got = a.expect(lambda e: e.tag == C + "message", what="carol's offline message")
+    assert "from carol" in ET.tostring(got, encoding="unicode")
+    a.expect_none(lambda e: e.get("from", "").startswith(BOB), 1.0,
+                  "bob's stored message or waiting subscription request")
+    a.close()
+    b.close()
+    c.close()
 
 
 def test_presence_on_block_and_unblock(server):
