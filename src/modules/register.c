@@ -40,6 +40,8 @@ static void answer(void *ud, int rc)
 		route(st, NULL);
 	} else if (rc == STORE_NOT_FOUND) {
 		route_error(st, SE_REGISTRATION_REQUIRED, NULL);
+	} else if (rc == ACCOUNT_BUSY) {
+		route_error(st, SE_RESOURCE_CONSTRAINT, "The server is busy; try again shortly");
 	} else {
 		route_error(st, SE_INTERNAL_SERVER_ERROR, NULL);
 	}

@@ -4,7 +4,8 @@
  * short-lived thread of their own, which then queues the store write; the
  * store's completion comes back to the asking worker as usual. Callers
  * rate-limit these requests (registrations per IP, password changes per
- * account), which bounds the threads. */
+ * account), and at most ACCOUNT_KDF_MAX run at once server-wide, so many
+ * addresses together cannot start threads without bound either. */
 #include "server/server.h"
 
 #include <openssl/crypto.h>
@@ -39,6 +40,14 @@ static void pw_failed(void *arg)
 {
 	struct pw_job *j = arg;
 	j->cb(j->ud, STORE_ERROR);
+	free(j);
+}
+
+/* On the asking worker, when too many derivations were running. */
+static void pw_busy(void *arg)
+{
+	struct pw_job *j = arg;
+	j->cb(j->ud, ACCOUNT_BUSY);
 	free(j);
 }
 
@@ -88,7 +97,15 @@ void account_password_write(enum account_pw_op op, const char *host, const char 
 	snprintf(j->host, sizeof(j->host), "%s", host);
 	snprintf(j->user, sizeof(j->user), "%s", user);
 	snprintf(j->password, sizeof(j->password), "%s", password);
-	atomic_fetch_add(&in_flight, 1);
+	if (atomic_fetch_add(&in_flight, 1) >= ACCOUNT_KDF_MAX) {
+		atomic_fetch_sub(&in_flight, 1);
+		OPENSSL_cleanse(j->password, sizeof(j->password));
+		LOG(LOG_WARN, "account: %d key derivations running already; %s@%s refused for now",
+		    ACCOUNT_KDF_MAX, user, host);
+		/* Answered later, as the store would: callers expect no reentry. */
+		loop_post(w->loop, pw_busy, j);
+		return;
+	}
 	pthread_attr_t attr;
 	pthread_t t;
 	pthread_attr_init(&attr);
@@ -112,6 +129,14 @@ void account_kick(const struct jid *bare, const char *cond, const char *text)
 	size_t n = registry_find_bare(bare, t, 64);
 	for (size_t i = 0; i < n && i < 64; i++)
 		kick_session(&t[i], cond, text);
+	/* Streams that authenticated (or are authenticating) but have not
+	 * bound are not in the registry; they would bind to an account that
+	 * is gone. A login whose credentials were read before the removal
+	 * committed has its completion queued on its worker before this
+	 * post, so it is caught too. */
+	struct jid_names nm;
+	jid_names(bare, &nm);
+	c2s_kick_unbound(nm.host, nm.user, cond, text);
 }
 
 void account_removed(struct host *h, const struct jid *bare)

@@ -780,6 +780,9 @@ static void reg_created(void *ud, int rc)
 	} else if (rc == STORE_INVITE_INVALID) {
 		s->reg_invited = false;
 		reg_error(s, q->st, SE_NOT_ALLOWED, "The invitation has been used or has expired");
+	} else if (rc == ACCOUNT_BUSY) {
+		reg_error(s, q->st, SE_RESOURCE_CONSTRAINT,
+			  "The server is busy; try again shortly");
 	} else {
 		reg_error(s, q->st, SE_INTERNAL_SERVER_ERROR, NULL);
 	}
@@ -1388,6 +1391,44 @@ static uint64_t alloc_slot(struct worker *w, struct session *s)
 	}
 	w->slots[slot] = s;
 	return (uint64_t)(++w->gen) << 32 | (uint64_t)w->idx << 24 | slot;
+}
+
+struct kick_unbound {
+	char host[JID_PART_MAX + 1];
+	char user[JID_PART_MAX + 1];
+	const char *cond, *text; /* static */
+};
+
+static void kick_unbound_here(void *arg)
+{
+	struct kick_unbound *k = arg;
+	struct worker *w = worker_current();
+	for (struct session *s = w->sessions, *next; s; s = next) {
+		next = s->next;
+		if ((s->flags & SF_BOUND) || !s->host || strcmp(s->host->domain, k->host))
+			continue;
+		const char *who = s->user ? s->user : s->sasl ? sasl_authcid(s->sasl) : NULL;
+		if (who && !strcmp(who, k->user)) {
+			LOGS(LOG_INFO, s->id, "closing an unbound stream of %s@%s: %s", k->user,
+			     k->host, k->text);
+			session_close(s, k->cond, k->text);
+		}
+	}
+	free(k);
+}
+
+void c2s_kick_unbound(const char *host, const char *user, const char *cond, const char *text)
+{
+	for (unsigned i = 0; i < srv->n_workers; i++) {
+		struct kick_unbound *k = calloc(1, sizeof(*k));
+		if (!k)
+			die_oom();
+		snprintf(k->host, sizeof(k->host), "%s", host);
+		snprintf(k->user, sizeof(k->user), "%s", user);
+		k->cond = cond;
+		k->text = text;
+		loop_post(srv->workers[i].loop, kick_unbound_here, k);
+	}
 }
 
 /* A connection over a per-address limit is closed before any TLS or XML

@@ -29,20 +29,20 @@ struct limits_conf {
 	size_t xml_attr_len;
 	size_t xml_text_len;
 	unsigned xml_children;
-	unsigned handshake_timeout;	    /* seconds: TCP accept to authenticated */
-	unsigned idle_timeout;		    /* seconds without any byte from the peer */
-	size_t out_queue_bytes;		    /* queued output per session before it is closed */
-	unsigned auth_failures_per_ip;	    /* per minute, then wait */
-	unsigned auth_failures_per_account; /* per minute, then failures are delayed */
-	unsigned registrations_per_ip;	    /* in-band registrations per hour */
-	unsigned connections_per_ip;	    /* open unauthenticated connections per IP */
+	unsigned handshake_timeout;		/* seconds: TCP accept to authenticated */
+	unsigned idle_timeout;			/* seconds without any byte from the peer */
+	size_t out_queue_bytes;			/* queued output per session before it is closed */
+	unsigned auth_failures_per_ip;		/* per minute, then wait */
+	unsigned auth_failures_per_account;	/* per minute, then failures are delayed */
+	unsigned registrations_per_ip;		/* in-band registrations per hour */
+	unsigned connections_per_ip;		/* open unauthenticated connections per IP */
 	unsigned connections_per_second_per_ip; /* new connections, averaged over 10 s */
 	unsigned stanzas_per_second;		/* per session: token bucket rate */
 	size_t bytes_per_second;		/* per session: token bucket rate */
-	unsigned roster_items;		    /* items per roster */
-	unsigned offline_messages;	    /* stored messages per account */
-	size_t vcard_bytes;		    /* serialized vCard */
-	unsigned blocklist_items;	    /* blocked JIDs per account */
+	unsigned roster_items;			/* items per roster */
+	unsigned offline_messages;		/* stored messages per account */
+	size_t vcard_bytes;			/* serialized vCard */
+	unsigned blocklist_items;		/* blocked JIDs per account */
 };
 
 /* XEP-0157 contact addresses, in the order of the serverinfo form's

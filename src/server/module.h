@@ -191,6 +191,10 @@ void *worker_origin(void);
 /* --- Accounts --- */
 #define ACCOUNT_PASSWORD_MAX 1023 /* bytes, after OpaqueString preparation */
 enum account_pw_op { ACCOUNT_PW_CREATE, ACCOUNT_PW_CHANGE };
+/* Beyond enum store_rc: ACCOUNT_KDF_MAX key derivations are running
+ * already, server-wide; nothing was written (answer resource-constraint). */
+#define ACCOUNT_BUSY	(-30)
+#define ACCOUNT_KDF_MAX 8
 /* Creates an account (ACCOUNT_PW_CREATE; with invite, the SHA-256 of an
  * invitation token it uses up) or replaces its password, deriving the
  * SCRAM keys off the event loop (account.c). password: prepared

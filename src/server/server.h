@@ -128,10 +128,10 @@ struct session {
 	unsigned sasl_rejects;	/* attempts refused before any password check */
 	bool sasl_checked;	/* the current attempt looked up credentials */
 	int priority;
-	struct buf *inbuf;  /* input held back while paused (malloc), or NULL */
-	struct timer timer; /* handshake / idle deadline */
-	struct timer delay; /* a SASL failure held back (throttling) */
-	struct timer rl_timer; /* reading resumes when the token buckets refill */
+	struct buf *inbuf;	      /* input held back while paused (malloc), or NULL */
+	struct timer timer;	      /* handshake / idle deadline */
+	struct timer delay;	      /* a SASL failure held back (throttling) */
+	struct timer rl_timer;	      /* reading resumes when the token buckets refill */
 	int64_t rl_bytes, rl_stanzas; /* token buckets, in thousandths of a token */
 	uint64_t rl_at;		      /* last refill (loop ms) */
 	uint64_t ip_gauge; /* counted in the unauthenticated connections of its IP, or 0 */
@@ -152,6 +152,10 @@ struct session {
 };
 
 void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls);
+/* Closes, on every worker, the streams of user@host that are not bound
+ * yet: authenticated, or in the middle of SASL (an account removal; the
+ * bound ones are found through the registry). */
+void c2s_kick_unbound(const char *host, const char *user, const char *cond, const char *text);
 struct session *worker_session(struct worker *w, uint64_t id); /* NULL if gone */
 void worker_shutdown(struct worker *w);
 /* Delivers a stanza to a session of this worker (consumes it). */

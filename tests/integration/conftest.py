@@ -48,9 +48,7 @@ class Server:
     def configure(self, extra=""):
         """(Re)writes the configuration with these extra top-level lines;
         before start(), or followed by a SIGHUP for reloadable options."""
-        with open(self.conf, "w") as f:
-            f.write(f"""# written by tests/integration/conftest.py
-log_level: debug
+        base = f"""log_level: debug
 workers: {self.workers}
 interfaces: ["127.0.0.1"]
 c2s_port: {self.c2s}
@@ -58,7 +56,14 @@ c2s_tls_port: {self.c2s_tls}
 s2s_port: 0
 http_port: 0
 scram_iterations: 4096
-{extra}
+"""
+        # A key given in extra replaces the default above (keys may appear once).
+        given = {line.split(":", 1)[0].strip() for line in extra.splitlines() if ":" in line}
+        base = "".join(line + "\n" for line in base.splitlines()
+                       if line.split(":", 1)[0] not in given)
+        with open(self.conf, "w") as f:
+            f.write(f"""# written by tests/integration/conftest.py
+{base}{extra}
 hosts:
   - domain: {DOMAIN}
     certificate: {DOMAIN}.crt

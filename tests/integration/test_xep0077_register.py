@@ -146,6 +146,35 @@ def test_per_ip_limit(reg_server):
     assert "user3" not in server.ctl("list").stdout
 
 
+def test_key_derivations_are_capped_server_wide(tmp_path):
+    """At most 8 accounts have their SCRAM keys derived at once, whatever
+    the addresses asking: the rest get resource-constraint (type wait) and
+    nothing is written for them."""
+    srv = Server(str(tmp_path), extra="registration: open\nlimits.registrations_per_ip: 0\n"
+                 # slow derivations, so that 12 requests overlap
+                 "scram_iterations: 300000\n")
+    srv.start()
+    try:
+        streams = [PreAuth(srv) for _ in range(12)]
+        for i, p in enumerate(streams):
+            p.sock.sendall(f"<iq type='set' id='cap'><query xmlns='{NS}'><username>u{i}"
+                           f"</username><password>{PASSWORD}</password></query></iq>".encode())
+        answers = [p.next_stanza(timeout=120) for p in streams]
+        ok = [i for i, e in enumerate(answers) if e.get("type") == "result"]
+        busy = [i for i, e in enumerate(answers) if e.get("type") == "error"]
+        assert len(ok) >= 8 and busy, [ET.tostring(e) for e in answers]
+        for i in busy:
+            assert cond(answers[i]) == "resource-constraint"
+            assert answers[i].find(C + "error").get("type") == "wait"
+        listed = srv.ctl("list").stdout.split()
+        assert sorted(listed) == sorted(f"u{i}@{DOMAIN}" for i in ok)
+        for p in streams:
+            p.close()
+        assert "key derivations running already" in srv.log()
+    finally:
+        assert srv.stop() == 0
+
+
 @pytest.mark.parametrize("reg_server", [("invite", 0)], indirect=True)
 def test_invite_only(reg_server):
     server = reg_server
@@ -264,3 +293,38 @@ def test_account_removal(server):
     assert not can_login(server, "alice")
     for x in (b, c):
         x.close()
+
+
+def test_account_removal_closes_streams_not_yet_bound(server):
+    """A stream that authenticated but has not bound a resource yet is not
+    among the account's sessions; removal must close it too, or it would
+    bind to an account that no longer exists."""
+    import base64
+    server.adduser("alice")
+    server.start()
+    a = online(server, "alice")
+    s = raw_connect(server.c2s)
+    s.sendall((STREAM_HEADER % DOMAIN).encode())
+    recv_until(s, b"</stream:features>")
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert b"<proceed" in recv_until(s, b"/>")
+    t = ssl.create_default_context(cafile=server.cert).wrap_socket(s, server_hostname=DOMAIN)
+    t.sendall((STREAM_HEADER % DOMAIN).encode())
+    recv_until(t, b"</stream:features>")
+    auth = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
+    t.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"
+              .encode())
+    assert b"<success" in recv_until(t, b"</success>")
+    t.sendall((STREAM_HEADER % DOMAIN).encode())
+    assert b"<bind" in recv_until(t, b"</stream:features>")
+    a.send(f"<iq type='set' id='bye'><query xmlns='{NS}'><remove/></query></iq>")
+    assert a.expect(lambda e: e.get("id") == "bye").get("type") == "result"
+    data = recv_until(t, b"</stream:stream>", timeout=5)
+    assert b"not-authorized" in data, data
+    # Nothing more is taken on it: a bind now gets no answer.
+    try:
+        t.sendall(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        assert b"type='result'" not in recv_until(t, b"</iq>", timeout=2)
+    except OSError:
+        pass
+    assert "closing an unbound stream of alice@localhost" in server.log()
