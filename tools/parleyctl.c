@@ -9,8 +9,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/bio.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -56,12 +58,21 @@ static const char usage_text[] =
     "Checks:\n"
     "  check config            validate the configuration and each host's\n"
     "                          certificate and key\n"
+    "  cert check DOMAIN [--cert FILE]\n"
+    "                          show the names, dates, issuer and trust of the\n"
+    "                          certificate of DOMAIN (the configured one, or\n"
+    "                          FILE) and whether clients (c2s) and servers (s2s)\n"
+    "                          that verify certificates accept it\n"
     "\n"
     "Set-up (no configuration needed):\n"
     "  cert generate DOMAIN [--dir DIR] [--rsa] [--days N] [--force]\n"
     "                          write DIR/DOMAIN.key and DIR/DOMAIN.crt, a new key\n"
     "                          (EC P-256, or RSA-2048) and a self-signed\n"
     "                          certificate for XMPP (default DIR ., N 365)\n"
+    "  cert request DOMAIN [--dir DIR] [--rsa]\n"
+    "                          write DIR/DOMAIN.csr, a signing request for a CA\n"
+    "                          with the names of cert generate, signed with\n"
+    "                          DIR/DOMAIN.key (created if missing, else reused)\n"
     "  init DOMAIN --dir DIR [--c2s-port N] [--c2s-tls-port N] [--s2s-port N]\n"
     "                        [--http-port N] [--interface ADDR] [--rsa]\n"
     "                          create a server directory: DIR/parley.conf, a\n"
@@ -107,6 +118,7 @@ static int usage_error(const char *fmt, ...)
 struct args {
 	const char *config;
 	const char *dir;
+	const char *cert; /* cert check --cert FILE */
 	const char *interface;
 	bool rsa, force;
 	bool have_days;
@@ -194,6 +206,11 @@ static int parse_args(int argc, char **argv, struct args *a)
 			continue;
 		}
 		if ((r = opt_value(argc, argv, &i, "--config", &a->config)) != 0) {
+			if (r < 0)
+				return -r;
+			continue;
+		}
+		if ((r = opt_value(argc, argv, &i, "--cert", &a->cert)) != 0) {
 			if (r < 0)
 				return -r;
 			continue;
@@ -625,19 +642,13 @@ static int prep_domain(const char *in, char *out, size_t cap)
 	return 0;
 }
 
-static int cmd_cert(const struct args *a)
+static int cert_generate_cmd(const struct args *a, const char *domain)
 {
-	char domain[JID_PART_MAX + 1], err[512];
 	const char *dir = a->dir ? a->dir : ".";
-	char *key, *crt;
+	char *key = path_join(dir, domain, ".key"), *crt = path_join(dir, domain, ".crt");
+	char err[512];
 	int ret = 1;
 
-	if (a->n_words != 3 || strcmp(a->words[1], "generate"))
-		return usage_error("usage: cert generate DOMAIN [--dir DIR] [--rsa] [--days N]");
-	if (prep_domain(a->words[2], domain, sizeof(domain)) < 0)
-		return 1;
-	key = path_join(dir, domain, ".key");
-	crt = path_join(dir, domain, ".crt");
 	if (!a->force && (exists(key) || exists(crt))) {
 		fail("%s exists; use --force to replace it", exists(key) ? key : crt);
 		goto out;
@@ -655,6 +666,297 @@ out:
 	free(key);
 	free(crt);
 	return ret;
+}
+
+static int cert_request_cmd(const struct args *a, const char *domain)
+{
+	const char *dir = a->dir ? a->dir : ".";
+	char *key = path_join(dir, domain, ".key"), *csr = path_join(dir, domain, ".csr"),
+	     *crt = path_join(dir, domain, ".crt");
+	char err[512];
+	bool created = false;
+	int ret = 1;
+
+	if (cert_request(domain, a->rsa ? CERT_RSA_2048 : CERT_EC_P256, key, csr, &created, err,
+			 sizeof(err)) < 0) {
+		fail("%s", err);
+		goto out;
+	}
+	printf("wrote %s, a certificate signing request for %s\n"
+	       "  names: DNS %s, XmppAddr, SRV _xmpp-client and _xmpp-server\n",
+	       csr, domain, domain);
+	if (created)
+		printf("  key:   %s (new, %s; keep it private)\n", key,
+		       a->rsa ? "RSA-2048" : "EC P-256");
+	else
+		printf("  key:   %s (the existing key%s)\n", key,
+		       a->rsa ? "; --rsa applies only to a new key" : "");
+	printf("Next steps:\n"
+	       "  1. Give %s to your certificate authority (inspect it with\n"
+	       "     openssl req -in %s -noout -text). Many CAs certify only the DNS\n"
+	       "     name: clients and servers accept that (DNS-ID).\n"
+	       "  2. Save the certificate it returns, followed by its intermediates,\n"
+	       "     as %s (the cert_file of %s in the configuration).\n"
+	       "  3. Check it: parleyctl cert check %s\n"
+	       "  4. Reload:   send SIGHUP to parleyd\n",
+	       csr, csr, crt, domain, domain);
+	ret = 0;
+out:
+	free(key);
+	free(csr);
+	free(crt);
+	return ret;
+}
+
+static void fmt_time(const ASN1_TIME *t, char *out, size_t cap)
+{
+	struct tm tm;
+
+	if (ASN1_TIME_to_tm(t, &tm) != 1 || !strftime(out, cap, "%Y-%m-%d %H:%M:%S UTC", &tm))
+		snprintf(out, cap, "(unreadable)");
+}
+
+/* "C=US, O=Example CA, CN=R1": UTF-8 as is, control characters escaped. */
+static void fmt_name(const X509_NAME *n, char *out, size_t cap)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *data = NULL;
+	long len;
+
+	snprintf(out, cap, "(unreadable)");
+	if (!b)
+		return;
+	if (X509_NAME_print_ex(b, n, 0,
+			       XN_FLAG_ONELINE & ~XN_FLAG_SPC_EQ & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
+		len = BIO_get_mem_data(b, &data);
+		snprintf(out, cap, "%.*s", (int)len, data ? data : "");
+	}
+	BIO_free(b);
+}
+
+/* The kinds of identifier in set, strongest first, for people. */
+static void fmt_ids(unsigned set, const char *service, char *out, size_t cap)
+{
+	size_t len = 0;
+
+	out[0] = '\0';
+	for (enum cert_id id = CERT_ID_SRV; id <= CERT_ID_CN; id++) {
+		if (!(set & CERT_ID_BIT(id)) || len >= cap)
+			continue;
+		len += (size_t)snprintf(out + len, cap - len, "%s%s%s%s%s", len ? ", " : "",
+					cert_id_name(id), id == CERT_ID_SRV ? " (" : "",
+					id == CERT_ID_SRV ? service : "",
+					id == CERT_ID_SRV ? ")" : "");
+	}
+}
+
+/* One use of the certificate: which identities cover the domain, and
+ * the verdict. Returns NULL if all is well, else the reason. */
+struct use_report {
+	enum cert_use use;
+	const char *name;    /* "c2s" */
+	const char *service; /* "_xmpp-client" */
+	const char *who;     /* "clients", "servers" */
+	unsigned ids;
+	char why[512];	     /* the identity mismatch */
+	char trust_why[512]; /* the chain error */
+	bool trusted;
+};
+
+static int cert_check_cmd(const struct args *a, const char *domain)
+{
+	struct config cfg;
+	bool have_cfg = false;
+	const char *crt = a->cert, *key = NULL;
+	STACK_OF(X509) *chain = NULL;
+	X509_STORE *store = NULL;
+	EVP_PKEY *k = NULL;
+	X509 *x = NULL;
+	char err[512], buf[1024], from[64], until[64], first[1600] = "";
+	int day = 0, sec = 0, ret = 1;
+	bool bad[2] = {false, false};
+	bool expired, early, key_ok = true;
+	struct use_report uses[2] = {
+	    {.use = CERT_USE_C2S, .name = "c2s", .service = "_xmpp-client", .who = "clients"},
+	    {.use = CERT_USE_S2S, .name = "s2s", .service = "_xmpp-server", .who = "servers"},
+	};
+
+	if (!crt) {
+		const struct host_conf *h;
+		if (load_config(a, &cfg) < 0)
+			return 1;
+		have_cfg = true;
+		h = config_host(&cfg, domain);
+		if (!h) {
+			fail("domain %s is not served here (%s)", domain, cfg.path);
+			goto out;
+		}
+		crt = h->cert_file;
+		key = h->key_file;
+	}
+	x = cert_load(crt, &chain, err, sizeof(err));
+	if (!x) {
+		fail("%s", err);
+		goto out;
+	}
+
+	printf("certificate  %s", crt);
+	if (sk_X509_num(chain) > 0)
+		printf(" (and %d more in the chain)", sk_X509_num(chain));
+	fmt_name(X509_get_subject_name(x), buf, sizeof(buf));
+	printf("\nsubject      %s\n", buf);
+	fmt_name(X509_get_issuer_name(x), buf, sizeof(buf));
+	printf("issuer       %s%s\n", buf,
+	       X509_NAME_cmp(X509_get_subject_name(x), X509_get_issuer_name(x)) ? ""
+										: " (self-signed)");
+	fmt_time(X509_get0_notBefore(x), from, sizeof(from));
+	fmt_time(X509_get0_notAfter(x), until, sizeof(until));
+	early = X509_cmp_current_time(X509_get0_notBefore(x)) > 0;
+	expired = X509_cmp_current_time(X509_get0_notAfter(x)) < 0;
+	printf("valid        %s to %s", from, until);
+	if (early)
+		printf(" (NOT YET VALID)\n");
+	else if (expired)
+		printf(" (EXPIRED)\n");
+	else if (ASN1_TIME_diff(&day, &sec, NULL, X509_get0_notAfter(x)) == 1)
+		printf(" (%d day%s left)\n", day, day == 1 ? "" : "s");
+	else
+		printf("\n");
+	cert_names(x, buf, sizeof(buf));
+	printf("names        %s\n", buf[0] ? buf : "(none)");
+
+	if (key) {
+		k = cert_load_key(key, err, sizeof(err));
+		key_ok = k && X509_check_private_key(x, k) == 1;
+		if (!k)
+			printf("key          %s\n", err);
+		else
+			printf("key          %s %s\n", key,
+			       key_ok ? "matches" : "DOES NOT MATCH the certificate");
+	}
+
+	/* What a client or a peer that verifies would find: the system's
+	 * trust anchors ($SSL_CERT_FILE / $SSL_CERT_DIR when set). */
+	store = cert_trust_store(NULL, err, sizeof(err));
+	for (int i = 0; i < 2; i++) {
+		struct use_report *u = &uses[i];
+		if (!store)
+			snprintf(u->trust_why, sizeof(u->trust_why), "%s", err);
+		else
+			u->trusted = cert_verify_chain(store, x, chain, u->use, u->trust_why,
+						       sizeof(u->trust_why)) == 0;
+		u->ids = cert_match(x, domain, u->use, u->why, sizeof(u->why));
+	}
+	if (uses[0].trusted && uses[1].trusted)
+		printf("trust        chains to the system trust store\n");
+	else if (!uses[1].trusted)
+		printf("trust        does not chain to the system trust store: %s\n",
+		       uses[1].trust_why);
+	else
+		printf("trust        chains to the system trust store, but not as a TLS server "
+		       "certificate: %s\n",
+		       uses[0].trust_why);
+
+	for (int i = 0; i < 2; i++) {
+		struct use_report *u = &uses[i];
+		fmt_ids(u->ids, u->service, buf, sizeof(buf));
+		if (u->ids)
+			printf("%-12s covers %s: %s\n", u->name, domain, buf);
+		else
+			printf("%-12s does not cover %s: %s\n", u->name, domain, u->why);
+	}
+
+	for (int i = 0; i < 2; i++) {
+		struct use_report *u = &uses[i];
+		char reason[1600];
+
+		if (!u->ids)
+			snprintf(reason, sizeof(reason), "it does not name %s", domain);
+		else if (expired)
+			snprintf(reason, sizeof(reason), "expired on %s", until);
+		else if (early)
+			snprintf(reason, sizeof(reason), "not valid before %s", from);
+		else if (!key_ok)
+			snprintf(reason, sizeof(reason), "the key does not match it");
+		else if (!u->trusted)
+			snprintf(reason, sizeof(reason), "not trusted (%s)", u->trust_why);
+		else
+			reason[0] = '\0';
+		if (!reason[0]) {
+			printf("%s verdict  OK: %s that verify certificates accept it for %s\n",
+			       u->name, u->who, domain);
+			continue;
+		}
+		bad[i] = true;
+		if (!first[0])
+			snprintf(first, sizeof(first), "%s", reason);
+		/* Clients can be told to trust one certificate; servers that
+		 * authenticate their peers by certificate check every one. */
+		if (u->use == CERT_USE_C2S)
+			printf("c2s verdict  NOT OK: %s; clients that verify certificates refuse "
+			       "it%s\n",
+			       reason,
+			       u->ids && !expired && !early && key_ok
+				   ? " unless told to trust this certificate"
+				   : "");
+		else
+			printf("s2s verdict  NOT OK: %s; servers that authenticate peers by "
+			       "certificate (XEP-0178) refuse it\n",
+			       reason);
+	}
+	/* This server presents the same certificate when it connects to a
+	 * peer, as a TLS client. */
+	if ((X509_get_extension_flags(x) & EXFLAG_XKUSAGE) &&
+	    !(X509_get_extended_key_usage(x) & XKU_SSL_CLIENT))
+		printf("s2s note     no clientAuth in its extended key usage: peers that check it "
+		       "refuse this server's outgoing connections\n");
+	if (!expired && !early && day < 14 && (day > 0 || sec > 0))
+		printf("note         expires in less than 14 days\n");
+	if (bad[0] || bad[1])
+		fail("%s: not OK for %s: %s", domain,
+		     bad[0] && bad[1] ? "c2s and s2s"
+		     : bad[0]	      ? "c2s"
+				      : "s2s",
+		     first);
+	else
+		ret = 0;
+out:
+	X509_STORE_free(store);
+	EVP_PKEY_free(k);
+	X509_free(x);
+	sk_X509_pop_free(chain, X509_free);
+	if (have_cfg)
+		config_free(&cfg);
+	return ret;
+}
+
+static int cmd_cert(const struct args *a)
+{
+	static const char *const usage[] = {
+	    "usage: cert generate DOMAIN [--dir DIR] [--rsa] [--days N] [--force]",
+	    "usage: cert request DOMAIN [--dir DIR] [--rsa]",
+	    "usage: [--config FILE] cert check DOMAIN [--cert FILE]",
+	};
+	static const char *const subs[] = {"generate", "request", "check"};
+	char domain[JID_PART_MAX + 1];
+	int sub = -1;
+
+	for (int i = 0; a->n_words >= 2 && i < 3; i++)
+		if (!strcmp(a->words[1], subs[i]))
+			sub = i;
+	if (sub < 0)
+		return usage_error("usage: cert generate|request|check DOMAIN [options]");
+	if (a->n_words != 3)
+		return usage_error("%s", usage[sub]);
+	if (a->cert && sub != 2)
+		return usage_error("--cert is an option of cert check");
+	if (prep_domain(a->words[2], domain, sizeof(domain)) < 0)
+		return 1;
+	if (sub == 0)
+		return cert_generate_cmd(a, domain);
+	if (sub == 1)
+		return cert_request_cmd(a, domain);
+	return cert_check_cmd(a, domain);
 }
 
 /* init -------------------------------------------------------------------- */

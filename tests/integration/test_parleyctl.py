@@ -446,3 +446,97 @@ def test_usage_errors(args):
     p = run(*args)
     assert p.returncode == 2
     one_line_error(p)
+
+
+# cert request / cert check -------------------------------------------------------
+
+def _openssl(*args, cwd=None):
+    p = subprocess.run(["openssl", *[str(a) for a in args]], capture_output=True,
+                       text=True, cwd=cwd, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_cert_request_writes_csr_and_reuses_key(tmp_path):
+    p = run("cert", "request", "Chat.Example", "--dir", tmp_path)
+    assert p.returncode == 0, p.stderr
+    key, csr = tmp_path / "chat.example.key", tmp_path / "chat.example.csr"
+    assert sorted(os.listdir(tmp_path)) == ["chat.example.csr", "chat.example.key"]
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "new" in p.stdout and str(csr) in p.stdout
+    text = _openssl("req", "-in", csr, "-noout", "-text", "-verify")
+    assert "CN = chat.example" in text
+    # The names of `cert generate`, as requested extensions.
+    for name in ("DNS:chat.example", "XmppAddr::chat.example",
+                 "SRVName::_xmpp-client.chat.example", "SRVName::_xmpp-server.chat.example"):
+        assert name in text, name
+    # Signed with the key that was written.
+    assert (_openssl("req", "-in", csr, "-noout", "-pubkey")
+            == _openssl("pkey", "-in", key, "-pubout"))
+
+    # Again: the key stays as it is.
+    before = key.read_bytes()
+    p = run("cert", "request", "chat.example", "--dir", tmp_path, "--rsa")
+    assert p.returncode == 0, p.stderr
+    assert "existing key" in p.stdout
+    assert key.read_bytes() == before
+    assert (_openssl("req", "-in", csr, "-noout", "-pubkey")
+            == _openssl("pkey", "-in", key, "-pubout"))
+
+    # A key it cannot read is an error, and is left alone.
+    key.write_text("garbage\n")
+    csr.unlink()
+    assert str(key) in one_line_error(run("cert", "request", "chat.example", "--dir", tmp_path))
+    assert key.read_text() == "garbage\n" and not csr.exists()
+
+
+def test_cert_check_request_signed_by_a_ca(tmp_path):
+    """request -> a CA signs it -> check: OK for c2s and s2s once the CA is trusted."""
+    assert run("cert", "request", DOMAIN, "--dir", tmp_path).returncode == 0
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=Parley Test CA",
+             "-days", "2", cwd=tmp_path)
+    crt = tmp_path / f"{DOMAIN}.crt"
+    _openssl("x509", "-req", "-in", f"{DOMAIN}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "30", "-copy_extensions", "copy", "-out", crt,
+             cwd=tmp_path)
+
+    trusted = {"SSL_CERT_FILE": str(tmp_path / "ca.pem")}
+    p = run("cert", "check", DOMAIN, "--cert", crt, env_extra=trusted)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = dict(l.split(None, 1) if not l.startswith(("c2s verdict", "s2s verdict"))
+                 else (l[:11], l[11:].strip()) for l in p.stdout.splitlines())
+    assert lines["issuer"] == "CN=Parley Test CA"
+    assert lines["trust"] == "chains to the system trust store"
+    assert lines["c2s"] == f"covers {DOMAIN}: SRV-ID (_xmpp-client), XmppAddr, DNS-ID"
+    assert lines["s2s"] == f"covers {DOMAIN}: SRV-ID (_xmpp-server), XmppAddr, DNS-ID"
+    assert lines["c2s verdict"].startswith("OK")
+    assert lines["s2s verdict"].startswith("OK")
+    assert "XmppAddr:example.org" in lines["names"]
+
+    # The same certificate without its CA in the trust store.
+    p = run("cert", "check", DOMAIN, "--cert", crt)
+    assert "unable to get local issuer certificate" in one_line_error(p)
+    assert "s2s verdict  NOT OK" in p.stdout
+    # Nor does it cover another domain, trusted or not.
+    p = run("cert", "check", "other.example", "--cert", crt, env_extra=trusted)
+    assert "does not name other.example" in one_line_error(p)
+    assert "certificate names example.org" in p.stdout
+
+
+def test_cert_check_configured_host(srv):
+    conf = srv / "parley.conf"
+    p = run("cert", "check", DOMAIN, config=conf)
+    # What init writes is self-signed: fine for a test, not for federation.
+    assert "self-signed certificate" in one_line_error(p)
+    assert f"key          {srv / DOMAIN}.key matches" in p.stdout
+    assert f"c2s          covers {DOMAIN}: SRV-ID (_xmpp-client)" in p.stdout
+    assert f"s2s          covers {DOMAIN}: SRV-ID (_xmpp-server)" in p.stdout
+    assert "(self-signed)" in p.stdout
+    assert "not served here" in one_line_error(run("cert", "check", "other.example",
+                                                   config=conf))
+    for args in (["cert", "check"], ["cert", "request"],
+                 ["cert", "generate", "a.example", "--cert", "x.pem"]):
+        p = run(*args, config=conf)
+        assert p.returncode == 2, args
+        one_line_error(p)
