@@ -5,10 +5,14 @@
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 
+# libunbound.pc names libevent and nettle (Requires.private) but Debian 12's
+# libunbound-dev does not depend on their -dev packages: pkg-config fails without them.
+# dns-root-data holds the DNSSEC root trust anchor (the default dns_trust_anchor).
 build_pkgs=(gcc pkg-config meson ninja-build libssl-dev libexpat1-dev libsqlite3-dev
-	libidn2-dev libicu-dev libyaml-dev)
+	libidn2-dev libicu-dev libyaml-dev libunbound-dev libevent-dev nettle-dev dns-root-data)
 test_pkgs=(libcmocka-dev python3-pytest python3-slixmpp python3-aioxmpp openssl testssl.sh
-	clang libclang-rt-14-dev valgrind python3-nbxmpp go-sendxmpp)
+	clang libclang-rt-14-dev valgrind python3-nbxmpp go-sendxmpp
+	unbound ldnsutils)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-build}" = test ]; then
