@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -31,6 +32,7 @@ static __thread struct conn_loop *cl;
 
 static void conn_io(struct io *io, uint32_t events);
 static void update_events(struct conn *c);
+static void set_peer_ip(struct conn *c);
 
 /* --- TCP --- */
 static ssize_t tcp_read(struct conn *c, char *p, size_t n)
@@ -169,6 +171,8 @@ static void update_events(struct conn *c)
 /* Returns false if the connection died. */
 static bool conn_flush(struct conn *c)
 {
+	if (c->flags & CONN_CONNECTING)
+		return true; /* the queue waits for the connection */
 	if (c->flags & CONN_HANDSHAKE) {
 		/* A stream closed during the handshake has nothing to flush. */
 		if (c->flags & CONN_CLOSING) {
@@ -266,6 +270,26 @@ static void conn_io(struct io *io, uint32_t events)
 	struct conn *c = io->ud;
 	if (c->flags & CONN_DEAD)
 		return;
+	if (c->flags & CONN_CONNECTING) {
+		int err = 0;
+		socklen_t el = sizeof(err);
+		if (getsockopt(c->io.fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+			err = errno;
+		if (err) {
+			c->connect_errno = err;
+			conn_kill(c, "connect failed");
+			return;
+		}
+		if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+			return;
+		c->flags &= ~(CONN_CONNECTING | CONN_WANT_WRITE);
+		update_events(c);
+		if (c->h && c->h->connected)
+			c->h->connected(c);
+		if (!(c->flags & CONN_DEAD))
+			mark_dirty(c);
+		return;
+	}
 	if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN)) {
 		conn_kill(c, "connection reset");
 		return;
@@ -363,7 +387,10 @@ static void start_tls(struct conn *c, SSL_CTX *ctx)
 	c->ssl = SSL_new(ctx);
 	if (!c->ssl || !SSL_set_fd(c->ssl, c->io.fd))
 		die_oom();
-	SSL_set_accept_state(c->ssl);
+	if (c->flags & CONN_CLIENT)
+		SSL_set_connect_state(c->ssl);
+	else
+		SSL_set_accept_state(c->ssl);
 	/* One read(2) takes in as many records as the socket holds, not a
 	 * header and a body per record. conn_read() reads until EAGAIN, so
 	 * nothing complete is left in OpenSSL's buffer when it stops, except
@@ -387,14 +414,7 @@ struct conn *conn_accept(struct loop *l, int fd, const struct sockaddr_storage *
 	c->ud = ud;
 	c->peer = *peer;
 	c->io = (struct io){.fd = fd, .cb = conn_io, .ud = c};
-	if (peer->ss_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, c->peer_ip,
-			  sizeof(c->peer_ip));
-	else if (peer->ss_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, c->peer_ip,
-			  sizeof(c->peer_ip));
-	else
-		snprintf(c->peer_ip, sizeof(c->peer_ip), "local");
+	set_peer_ip(c);
 	if (loop_io_add(l, &c->io, EPOLLIN) < 0) {
 		close(fd);
 		free(c);
@@ -403,6 +423,81 @@ struct conn *conn_accept(struct loop *l, int fd, const struct sockaddr_storage *
 	if (tls_ctx)
 		start_tls(c, tls_ctx);
 	return c;
+}
+
+static void set_peer_ip(struct conn *c)
+{
+	const struct sockaddr_storage *peer = &c->peer;
+	if (peer->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, c->peer_ip,
+			  sizeof(c->peer_ip));
+	else if (peer->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, c->peer_ip,
+			  sizeof(c->peer_ip));
+	else
+		snprintf(c->peer_ip, sizeof(c->peer_ip), "local");
+}
+
+struct conn *conn_connect(struct loop *l, const struct sockaddr_storage *addr,
+			  const struct conn_handler *h, void *ud)
+{
+	int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return NULL;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	socklen_t len =
+	    addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	if (connect(fd, (const struct sockaddr *)addr, len) < 0 && errno != EINPROGRESS) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return NULL;
+	}
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		die_oom();
+	c->ops = &tcp_ops;
+	c->loop = l;
+	c->h = h;
+	c->ud = ud;
+	c->peer = *addr;
+	c->io = (struct io){.fd = fd, .cb = conn_io, .ud = c};
+	c->flags = CONN_CLIENT | CONN_CONNECTING | CONN_WANT_WRITE;
+	set_peer_ip(c);
+	if (loop_io_add(l, &c->io, EPOLLOUT) < 0) {
+		int e = errno;
+		close(fd);
+		free(c);
+		errno = e;
+		return NULL;
+	}
+	return c;
+}
+
+void conn_starttls_client(struct conn *c, SSL_CTX *ctx, const char *sni, const char *alpn)
+{
+	if (c->flags & CONN_DEAD)
+		return;
+	/* Anything queued in the clear (our <starttls/>) was sent before the
+	 * peer's <proceed/> could arrive. */
+	c->flags |= CONN_CLIENT;
+	start_tls(c, ctx);
+	if (sni)
+		SSL_set_tlsext_host_name(c->ssl, sni);
+	if (alpn) {
+		unsigned char wire[64];
+		size_t n = strlen(alpn);
+		if (n < sizeof(wire) - 1) {
+			wire[0] = (unsigned char)n;
+			memcpy(wire + 1, alpn, n);
+			SSL_set_alpn_protos(c->ssl, wire, (unsigned)n + 1);
+		}
+	}
+	/* The client speaks first: the handshake starts when the socket is
+	 * writable, from the loop, never inside the caller. */
+	c->flags |= CONN_WANT_WRITE;
+	update_events(c);
 }
 
 void conn_write(struct conn *c, const void *p, size_t n)

@@ -27,6 +27,8 @@ struct conn_handler {
 	/* The connection is gone (peer closed, error, or conn_close()); the
 	 * upper layer drops its pointer. Called exactly once. reason: for logs. */
 	void (*closed)(struct conn *c, const char *reason);
+	/* Outgoing connections (conn_connect): the TCP connection is up. */
+	void (*connected)(struct conn *c);
 };
 
 struct conn_ops;
@@ -46,6 +48,7 @@ struct conn {
 	char peer_ip[46];
 	uint32_t flags;
 	const char *close_reason;
+	int connect_errno; /* why an outgoing connection failed, or 0 */
 };
 
 #define CONN_CLOSING		  0x01u /* conn_close called: stop reading, flush, free */
@@ -57,11 +60,22 @@ struct conn {
 #define CONN_WANT_WRITE		  0x40u /* write blocked: EPOLLOUT armed */
 #define CONN_DEAD		  0x80u /* socket is done: no more I/O */
 #define CONN_TLS_READ_WANTS_WRITE 0x100u
+#define CONN_CONNECTING		  0x200u /* outgoing: connect(2) in progress */
+#define CONN_CLIENT		  0x400u /* we connected: TLS client side */
 
 /* Wraps an accepted, non-blocking fd and starts watching it. tls_ctx
  * non-NULL: direct TLS (XEP-0368), the handshake starts at once. */
 struct conn *conn_accept(struct loop *l, int fd, const struct sockaddr_storage *peer,
 			 SSL_CTX *tls_ctx, const struct conn_handler *h, void *ud);
+/* Starts a non-blocking TCP connection to addr; h->connected runs when it
+ * is up, h->closed if it fails. Bytes written meanwhile wait. NULL with
+ * errno set if no socket could be made. */
+struct conn *conn_connect(struct loop *l, const struct sockaddr_storage *addr,
+			  const struct conn_handler *h, void *ud);
+/* Client side of TLS (after connected, or after the peer's <proceed/>):
+ * sni is the server name to ask for, alpn an ALPN protocol or NULL. The
+ * handshake runs from the loop; h->tls_ready when done. */
+void conn_starttls_client(struct conn *c, SSL_CTX *ctx, const char *sni, const char *alpn);
 /* Queues bytes; flushed before the loop sleeps. */
 void conn_write(struct conn *c, const void *p, size_t n);
 /* The output buffer, for serializing straight into it; marks the

@@ -788,7 +788,10 @@ static enum hook_rc on_presence(struct hook_ev *ev)
 		return HOOK_DONE;
 	case ST_PROBE:
 		/* §4.3: probes are the server's business, never delivered. A
-		 * client's own probe is answered by the same rules. */
+		 * client's own probe is answered by the same rules; one for
+		 * another server goes there. */
+		if (ev->dest == DEST_REMOTE && ev->origin)
+			return HOOK_PASS;
 		probe_inbound(ev);
 		return HOOK_DONE;
 	case ST_AVAILABLE:

@@ -12,7 +12,8 @@ struct spec_row {
 /* What the core (not a module) implements. */
 static const struct spec_row core_specs[] = {
     {"RFC 6120", "XMPP Core", "partial",
-     "c2s streams, STARTTLS, SASL, binding, stanza and stream errors; s2s pending"},
+     "c2s and s2s streams, STARTTLS, SASL, binding, stanza and stream errors; s2s with "
+     "TLS required, DNS SRV (libunbound), queued and bounced stanzas, invalid-from checks"},
     {"RFC 6121", "XMPP IM", "partial",
      "rosters with versioning, subscriptions with pre-approval, presence broadcast, probes "
      "and directed presence (mod_roster); delivery rules of §8.5 with offline storage; "
@@ -27,7 +28,15 @@ static const struct spec_row core_specs[] = {
     {"RFC 5929", "tls-server-end-point channel binding", "complete", ""},
     {"RFC 4616", "SASL PLAIN", "complete", "only on encrypted streams"},
     {"XEP-0368", "SRV records for XMPP over TLS (direct TLS)", "complete",
-     "listener with ALPN xmpp-client"},
+     "c2s listener with ALPN xmpp-client; s2s listener (xmpp-server) and _xmpps-server "
+     "lookups"},
+    {"XEP-0178", "SASL EXTERNAL for server-to-server", "complete",
+     "both ways; RFC 6125 identity checks (SRV-ID, XmppAddr, DNS-ID)"},
+    {"XEP-0220", "Server Dialback", "complete",
+     "only over TLS, off for s2s_secure_domains; piggybacking of several domains"},
+    {"XEP-0185", "Dialback Key Generation and Validation", "complete", "HMAC-SHA256"},
+    {"XEP-0288", "Bidirectional Server-to-Server Connections", "planned", ""},
+    {"RFC 7673 / RFC 6698", "DANE for XMPP", "planned", "TLSA lookups are in place"},
     {"XEP-0440", "SASL Channel-Binding Type Capability", "complete", ""},
     {"XEP-0478", "Stream Limits Advertisement", "complete", "max-bytes and idle-seconds"},
     {NULL, NULL, NULL, NULL},

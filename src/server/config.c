@@ -136,6 +136,54 @@ static const struct opt opts[] = {
      .def = 5269,
      .max = 65535,
      .doc = "Port for connections from other servers (federation); 0 disables it."},
+    {.name = "s2s_tls_port",
+     .type = OPT_UINT,
+     .off = OFF(s2s_tls_port),
+     .def = 5270,
+     .max = 65535,
+     .doc = "Port for connections from other servers with TLS from the first byte (XEP-0368; "
+	    "announce it with an _xmpps-server._tcp SRV record); 0 disables it."},
+    {.name = "s2s_dialback",
+     .type = OPT_BOOL,
+     .off = OFF(s2s_dialback),
+     .def = true,
+     .doc = "Authenticate a peer server by dialback (XEP-0220) when its certificate does not "
+	    "(self-signed, or not naming it), and only ever over TLS. Off: every peer needs a "
+	    "certificate that validates for its domain (or DANE)."},
+    {.name = "s2s_secure_domains",
+     .type = OPT_LIST,
+     .off = OFF(s2s_secure_domains),
+     .off_n = OFF(n_s2s_secure_domains),
+     .check = check_domain,
+     .doc = "Peer domains that must present a certificate valid for them (or DANE), both "
+	    "ways: never dialback with them."},
+    {.name = "s2s_insecure_domains",
+     .type = OPT_LIST,
+     .off = OFF(s2s_insecure_domains),
+     .off_n = OFF(n_s2s_insecure_domains),
+     .check = check_domain,
+     .doc = "Peer domains allowed to connect, and be connected to, without TLS. Every other "
+	    "peer must use TLS; one that cannot is refused, with a log line saying so."},
+    {.name = "s2s_ca_file",
+     .type = OPT_PATH,
+     .off = OFF(s2s_ca_file),
+     .def_doc = "(none)",
+     .sample = "ca.pem",
+     .doc = "CA certificates (PEM) trusted for peer servers' certificates in addition to the "
+	    "system's trust store (Debian's ca-certificates)."},
+    {.name = "dns_servers",
+     .type = OPT_LIST,
+     .off = OFF(dns_servers),
+     .off_n = OFF(n_dns_servers),
+     .doc = "DNS resolvers for finding peer servers (IP or IP@port); empty: those of "
+	    "/etc/resolv.conf. Lookups are asynchronous and DNSSEC-validated (libunbound)."},
+    {.name = "dns_trust_anchor",
+     .type = OPT_PATH,
+     .off = OFF(dns_trust_anchor),
+     .def_doc = "/usr/share/dns/root.key",
+     .sample = "/usr/share/dns/root.key",
+     .doc = "DNSSEC trust anchors (DS or DNSKEY records, one per line) for validating DANE "
+	    "(TLSA) and SRV records; Debian's dns-root-data package provides the root's."},
     {.name = "http_port",
      .type = OPT_UINT,
      .off = OFF(http_port),
@@ -1039,8 +1087,9 @@ static int check_cross(struct loader *l, struct config *c, const unsigned *seen)
 	}
 
 	/* Two listeners on one port would fail at bind(2) with a less helpful message. */
-	static const char *const ports[] = {"c2s_port", "c2s_tls_port", "s2s_port", "http_port"};
-	for (size_t i = 0; i < 4; i++)
+	static const char *const ports[] = {"c2s_port", "c2s_tls_port", "s2s_port", "s2s_tls_port",
+					    "http_port"};
+	for (size_t i = 0; i < 5; i++)
 		for (size_t j = 0; j < i; j++) {
 			const struct opt *a = opt_get(ports[i]), *b = opt_get(ports[j]);
 			unsigned pa = *(unsigned *)((char *)c + a->off);
@@ -1204,6 +1253,19 @@ void config_free(struct config *c)
 			free(c->contact[k][i]);
 		free(c->contact[k]);
 	}
+	struct {
+		char **v;
+		size_t n;
+	} lists[] = {{c->s2s_secure_domains, c->n_s2s_secure_domains},
+		     {c->s2s_insecure_domains, c->n_s2s_insecure_domains},
+		     {c->dns_servers, c->n_dns_servers}};
+	for (size_t k = 0; k < sizeof(lists) / sizeof(lists[0]); k++) {
+		for (size_t i = 0; i < lists[k].n; i++)
+			free(lists[k].v[i]);
+		free(lists[k].v);
+	}
+	free(c->s2s_ca_file);
+	free(c->dns_trust_anchor);
 	for (size_t i = 0; i < c->n_hosts; i++) {
 		free(c->hosts[i].domain);
 		free(c->hosts[i].cert_file);
@@ -1577,6 +1639,8 @@ void config_write_sample(FILE *f, const struct init_opts *io)
 			port = io->c2s_tls_port;
 		else if (io && o->off == OFF(s2s_port))
 			port = io->s2s_port;
+		else if (io && o->off == OFF(s2s_tls_port))
+			port = io->s2s_tls_port;
 		else if (io && o->off == OFF(http_port))
 			port = io->http_port;
 		/* init_opts uses 0 for "the default": a port is disabled by editing the file. */

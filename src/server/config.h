@@ -72,7 +72,17 @@ struct config {
 	unsigned c2s_port;     /* 0 disables */
 	unsigned c2s_tls_port; /* direct TLS, XEP-0368; 0 disables */
 	unsigned s2s_port;
+	unsigned s2s_tls_port; /* direct TLS for servers, XEP-0368 */
 	unsigned http_port;
+	bool s2s_dialback;
+	char **s2s_secure_domains; /* normalized: certificate or DANE required */
+	size_t n_s2s_secure_domains;
+	char **s2s_insecure_domains; /* normalized: TLS not required */
+	size_t n_s2s_insecure_domains;
+	char *s2s_ca_file;  /* NULL: system store only */
+	char **dns_servers; /* forwarders; none: /etc/resolv.conf */
+	size_t n_dns_servers;
+	char *dns_trust_anchor; /* NULL: the default */
 	bool c2s_require_encryption;
 	bool sasl_plain; /* offer PLAIN (only ever on encrypted streams) */
 	unsigned scram_iterations;
@@ -105,7 +115,8 @@ struct init_opts {
 	const char *domain;
 	const char *cert_file, *key_file; /* as written into the file (may be relative) */
 	unsigned c2s_port, c2s_tls_port, s2s_port, http_port; /* 0: the default */
-	const char *interface;				      /* NULL: "*" */
+	unsigned s2s_tls_port;
+	const char *interface; /* NULL: "*" */
 };
 /* A complete, commented config that works as is (parleyctl init): every
  * option appears, those at their default commented out as "#key: value". */

@@ -24,6 +24,10 @@ enum hook_rc { HOOK_PASS, HOOK_DONE }; /* DONE: the handler consumed ev->st */
 #define DEST_BARE 0x2u /* a local account's bare JID, not the sender's own */
 #define DEST_FULL 0x4u /* a local full JID */
 #define DEST_SELF 0x8u /* the sender's own bare JID (or no 'to' on an IQ) */
+/* dest 0: another server's JID. Presence hooks run for it on the sender's
+ * host when a local session sent it (the outbound half of subscriptions,
+ * directed presence); nothing else runs before it leaves. */
+#define DEST_REMOTE 0x0u
 
 #define IQ_GET 0x1u
 #define IQ_SET 0x2u

@@ -329,8 +329,15 @@ void route(struct stanza *st, struct session *origin)
 			return;
 	}
 	if (!h) {
-		/* Server-to-server arrives with the federation issue. */
-		bounce(st, SE_REMOTE_SERVER_NOT_FOUND, NULL);
+		if (origin && st->kind == ST_PRESENCE) {
+			/* The outbound half (RFC 6121 §3.1.2: stamped with the bare
+			 * JID, roster updated) runs here, on the sender's host. */
+			struct hook_ev ev = {
+			    .st = st, .origin = origin, .host = origin->host, .dest = DEST_REMOTE};
+			if (hooks_run(origin->host, HP_PRESENCE, &ev) == HOOK_DONE)
+				return;
+		}
+		s2s_route(st);
 		return;
 	}
 	struct hook_ev ev = {.st = st, .origin = origin, .host = h, .dest = dest};

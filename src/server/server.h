@@ -37,9 +37,11 @@ struct worker_conf {
 void worker_conf_from(struct worker_conf *wc, const struct config *c);
 
 struct host {
-	char *domain;		    /* owned */
-	_Atomic(SSL_CTX *) tls;	    /* swapped on reload; old ones are kept until exit */
-	struct iq_entry **iq_table; /* hash: (ns, name) -> handlers; read-only after start */
+	char *domain;			   /* owned */
+	_Atomic(SSL_CTX *) tls;		   /* swapped on reload; old ones are kept until exit */
+	_Atomic(SSL_CTX *) s2s_tls;	   /* accepting servers: asks for their certificate */
+	_Atomic(SSL_CTX *) s2s_client_tls; /* connecting to servers */
+	struct iq_entry **iq_table;	   /* hash: (ns, name) -> handlers; read-only after start */
 	size_t iq_buckets;
 	struct {
 		const struct hook_reg *reg;
@@ -53,8 +55,11 @@ struct host {
 	size_t n_features;
 };
 
+struct s2s_worker;
+
 struct worker {
 	unsigned idx;
+	struct s2s_worker *s2s; /* its server-to-server streams, links and resolver */
 	pthread_t thread;
 	struct loop *loop;
 	struct session *sessions; /* all sessions of this worker */
@@ -152,6 +157,17 @@ struct session {
 };
 
 void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls);
+/* --- Server-to-server (s2s.c) --- */
+int s2s_init(char *err, size_t errlen); /* main thread, before the workers */
+void s2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls);
+/* A stanza for a domain we do not serve, from one we do (consumed). */
+void s2s_route(struct stanza *st);
+void s2s_worker_start(struct worker *w);     /* on the worker's thread */
+size_t s2s_worker_streams(struct worker *w); /* open s2s streams */
+void s2s_worker_shutdown(struct worker *w);  /* close streams, bounce queues */
+void s2s_worker_abort(struct worker *w);     /* after the grace period */
+void s2s_worker_done(struct worker *w);	     /* free everything */
+
 /* Closes, on every worker, the streams of user@host that are not bound
  * yet: authenticated, or in the middle of SASL (an account removal; the
  * bound ones are found through the registry). */
@@ -206,7 +222,9 @@ hook_fn *iq_handler(struct host *h, const char *ns, const char *name, enum st_ty
 void compliance_write(FILE *f);
 
 /* --- TLS (tls.c) --- */
-SSL_CTX *tls_ctx_new(const struct host_conf *hc, char *err, size_t errlen);
+SSL_CTX *tls_ctx_new(const struct host_conf *hc, char *err, size_t errlen); /* TLS_C2S */
+enum tls_kind { TLS_C2S, TLS_S2S_SERVER, TLS_S2S_CLIENT };
+SSL_CTX *tls_ctx_new_kind(const struct host_conf *hc, enum tls_kind kind, char *err, size_t errlen);
 void tls_ctx_free(SSL_CTX *ctx);
 /* Fills the channel-binding data of an established connection. */
 void tls_channel_binding(struct session *s);

@@ -265,12 +265,13 @@ out:
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 		       const unsigned char *in, unsigned int inlen, void *arg)
 {
-	static const unsigned char want[] = "xmpp-client";
+	const char *want = arg; /* "xmpp-client" or "xmpp-server" */
+	size_t wl = strlen(want);
 	for (unsigned i = 0; i < inlen;) {
 		unsigned l = in[i];
 		if (i + 1 + l > inlen)
 			break;
-		if (l == sizeof(want) - 1 && !memcmp(in + i + 1, want, l)) {
+		if (l == wl && !memcmp(in + i + 1, want, l)) {
 			*out = in + i + 1;
 			*outlen = (unsigned char)l;
 			return SSL_TLSEXT_ERR_OK;
@@ -294,13 +295,29 @@ static int sni_select(SSL *ssl, int *ad, void *arg)
 	struct host *h = dl > 0 ? host_find(dom, (size_t)dl) : NULL;
 	if (!h)
 		return SSL_TLSEXT_ERR_OK; /* the stream header will say host-unknown */
-	SSL_CTX *ctx = atomic_load(&h->tls);
+	SSL_CTX *ctx = arg ? atomic_load(&h->s2s_tls) : atomic_load(&h->tls);
 	if (ctx && ctx != SSL_get_SSL_CTX(ssl))
 		SSL_set_SSL_CTX(ssl, ctx);
 	return SSL_TLSEXT_ERR_OK;
 }
 
+/* Inbound s2s: ask for the peer server's certificate (SASL EXTERNAL,
+ * XEP-0178), but let the handshake finish without one or with one we do
+ * not trust: s2s.c decides afterwards, with the reason logged, and may
+ * still accept dialback (XEP-0220). */
+static int verify_later(int ok, X509_STORE_CTX *x)
+{
+	(void)ok;
+	(void)x;
+	return 1;
+}
+
 SSL_CTX *tls_ctx_new(const struct host_conf *hc, char *err, size_t errlen)
+{
+	return tls_ctx_new_kind(hc, TLS_C2S, err, errlen);
+}
+
+SSL_CTX *tls_ctx_new_kind(const struct host_conf *hc, enum tls_kind kind, char *err, size_t errlen)
 {
 	/* Contexts are built on the main thread only (start, --check,
 	 * SIGHUP), so this lazy initialization does not race. */
@@ -310,7 +327,8 @@ SSL_CTX *tls_ctx_new(const struct host_conf *hc, char *err, size_t errlen)
 		snprintf(err, errlen, "SSL_CTX_get_ex_new_index failed");
 		return NULL;
 	}
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	SSL_CTX *ctx =
+	    SSL_CTX_new(kind == TLS_S2S_CLIENT ? TLS_client_method() : TLS_server_method());
 	if (!ctx) {
 		snprintf(err, errlen, "SSL_CTX_new failed");
 		return NULL;
@@ -348,11 +366,26 @@ SSL_CTX *tls_ctx_new(const struct host_conf *hc, char *err, size_t errlen)
 		snprintf(err, errlen, "%s does not match %s", hc->key_file, hc->cert_file);
 		goto fail;
 	}
-	SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+	if (kind == TLS_S2S_CLIENT) {
+		/* Our certificate goes out as the client's, for the peer's SASL
+		 * EXTERNAL; theirs is checked by s2s.c after the handshake
+		 * (RFC 6125 identities, then DANE or dialback). */
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+		ERR_clear_error();
+		return ctx;
+	}
+	SSL_CTX_set_alpn_select_cb(
+	    ctx, alpn_select, (void *)(kind == TLS_S2S_SERVER ? "xmpp-server" : "xmpp-client"));
 	SSL_CTX_set_tlsext_servername_callback(ctx, sni_select);
+	if (kind == TLS_S2S_SERVER) {
+		SSL_CTX_set_tlsext_servername_arg(ctx, (void *)1);
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE, verify_later);
+	}
 	SSL_CTX_set_tlsext_status_cb(ctx, ocsp_status);
 	ocsp_load(ctx, hc);
-	SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"parley", 6);
+	SSL_CTX_set_session_id_context(
+	    ctx, (const unsigned char *)(kind == TLS_S2S_SERVER ? "parley-s2s" : "parley"),
+	    kind == TLS_S2S_SERVER ? 10 : 6);
 	ERR_clear_error();
 	return ctx;
 fail:

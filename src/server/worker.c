@@ -55,7 +55,7 @@ struct host *host_find(const char *domain, size_t len)
 
 /* --- listeners --- */
 
-enum listener_kind { L_C2S, L_C2S_TLS };
+enum listener_kind { L_C2S, L_C2S_TLS, L_S2S, L_S2S_TLS };
 
 struct listener {
 	struct io io;
@@ -94,7 +94,10 @@ static void on_accept(struct io *io, uint32_t events)
 		}
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		c2s_accept(l->w, fd, &peer, l->kind == L_C2S_TLS);
+		if (l->kind == L_S2S || l->kind == L_S2S_TLS)
+			s2s_accept(l->w, fd, &peer, l->kind == L_S2S_TLS);
+		else
+			c2s_accept(l->w, fd, &peer, l->kind == L_C2S_TLS);
 	}
 }
 
@@ -140,8 +143,12 @@ static int worker_listen(struct worker *w, char *err, size_t errlen)
 	struct {
 		unsigned port;
 		enum listener_kind kind;
-	} ports[] = {{c->c2s_port, L_C2S}, {c->c2s_tls_port, L_C2S_TLS}};
-	size_t max = c->n_interfaces * 2 * 2;
+	} ports[] = {{c->c2s_port, L_C2S},
+		     {c->c2s_tls_port, L_C2S_TLS},
+		     {c->s2s_port, L_S2S},
+		     {c->s2s_tls_port, L_S2S_TLS}};
+	size_t np = sizeof(ports) / sizeof(ports[0]);
+	size_t max = c->n_interfaces * 2 * np;
 	w->listeners = calloc(max, sizeof(struct listener));
 	if (!w->listeners)
 		die_oom();
@@ -153,7 +160,7 @@ static int worker_listen(struct worker *w, char *err, size_t errlen)
 			addrs[1] = "::";
 		}
 		for (int a = 0; a < 2 && addrs[a]; a++)
-			for (size_t p = 0; p < 2; p++) {
+			for (size_t p = 0; p < np; p++) {
 				if (!ports[p].port)
 					continue;
 				int fd = open_listener(addrs[a], ports[p].port, err, errlen);
@@ -183,7 +190,7 @@ static void shutdown_timeout(struct timer *t)
 static void shutdown_check(struct loop *l, void *ud)
 {
 	struct worker *w = ud;
-	if (w->shutting_down && w->n_sessions == 0)
+	if (w->shutting_down && w->n_sessions == 0 && s2s_worker_streams(w) == 0)
 		loop_stop(l);
 }
 
@@ -203,6 +210,7 @@ void worker_shutdown(struct worker *w)
 		next = s->next;
 		session_close(s, "system-shutdown", NULL);
 	}
+	s2s_worker_shutdown(w);
 	timer_init(&w->shutdown_timer, shutdown_timeout, w);
 	loop_timer_set(w->loop, &w->shutdown_timer, SHUTDOWN_GRACE_MS);
 }
@@ -240,6 +248,7 @@ static void *worker_main(void *arg)
 	cur_worker = w;
 	conn_loop_init(w->loop);
 	loop_on_before_sleep(w->loop, shutdown_check, w);
+	s2s_worker_start(w);
 	struct listener *ls = (struct listener *)w->listeners;
 	for (size_t i = 0; i < w->n_listeners; i++)
 		if (loop_io_add(w->loop, &ls[i].io, IO_READ) < 0)
@@ -253,6 +262,7 @@ static void *worker_main(void *arg)
 		else
 			break;
 	}
+	s2s_worker_abort(w);
 	/* What was posted to us in the last iteration (the unavailable
 	 * presence of a session that closed in it, and what it sets off) runs
 	 * here, on this worker, while the store is open. */
@@ -278,6 +288,15 @@ static int load_hosts(struct config *cfg, char *err, size_t errlen)
 		if (!ctx)
 			return -1;
 		atomic_init(&h->tls, ctx);
+		SSL_CTX *sctx = tls_ctx_new_kind(&cfg->hosts[i], TLS_S2S_SERVER, err, errlen);
+		SSL_CTX *cctx = tls_ctx_new_kind(&cfg->hosts[i], TLS_S2S_CLIENT, err, errlen);
+		if (!sctx || !cctx) {
+			tls_ctx_free(sctx);
+			tls_ctx_free(cctx);
+			return -1;
+		}
+		atomic_init(&h->s2s_tls, sctx);
+		atomic_init(&h->s2s_client_tls, cctx);
 		modules_register(h);
 	}
 	return 0;
@@ -310,7 +329,7 @@ int server_start(const char *config_path, char *err, size_t errlen)
 		return -1;
 	log_set_level(srv->cfg.log_level);
 	registry_init();
-	if (load_hosts(&srv->cfg, err, errlen) < 0)
+	if (load_hosts(&srv->cfg, err, errlen) < 0 || s2s_init(err, errlen) < 0)
 		return -1;
 	srv->store = store_open(srv->cfg.store_path, post_to_origin);
 	if (!srv->store) {
@@ -366,15 +385,23 @@ static void server_reload(void)
 			continue;
 		}
 		SSL_CTX *ctx = tls_ctx_new(hc, err, sizeof(err));
-		if (!ctx) {
+		SSL_CTX *sctx = ctx ? tls_ctx_new_kind(hc, TLS_S2S_SERVER, err, sizeof(err)) : NULL;
+		SSL_CTX *cctx =
+		    sctx ? tls_ctx_new_kind(hc, TLS_S2S_CLIENT, err, sizeof(err)) : NULL;
+		if (!cctx) {
 			LOG(LOG_ERROR, "reload: %s: %s", srv->hosts[i].domain, err);
+			tls_ctx_free(ctx);
+			tls_ctx_free(sctx);
 			continue;
 		}
-		SSL_CTX *old = atomic_exchange(&srv->hosts[i].tls, ctx);
-		srv->old_tls = realloc(srv->old_tls, (srv->n_old_tls + 1) * sizeof(*srv->old_tls));
+		SSL_CTX *old[3] = {atomic_exchange(&srv->hosts[i].tls, ctx),
+				   atomic_exchange(&srv->hosts[i].s2s_tls, sctx),
+				   atomic_exchange(&srv->hosts[i].s2s_client_tls, cctx)};
+		srv->old_tls = realloc(srv->old_tls, (srv->n_old_tls + 3) * sizeof(*srv->old_tls));
 		if (!srv->old_tls)
 			die_oom();
-		srv->old_tls[srv->n_old_tls++] = old;
+		for (int k = 0; k < 3; k++)
+			srv->old_tls[srv->n_old_tls++] = old[k];
 	}
 	for (size_t i = 0; i < cfg.n_hosts; i++)
 		if (!host_find(cfg.hosts[i].domain, strlen(cfg.hosts[i].domain)))
@@ -433,6 +460,7 @@ void server_run(void)
 	store_close(srv->store);
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		struct worker *w = &srv->workers[i];
+		s2s_worker_done(w);
 		loop_free(w->loop);
 		free(w->listeners);
 		free(w->slots);
@@ -443,6 +471,8 @@ void server_run(void)
 		tls_ctx_free(srv->old_tls[i]);
 	for (size_t i = 0; i < srv->n_hosts; i++) {
 		tls_ctx_free(atomic_load(&srv->hosts[i].tls));
+		tls_ctx_free(atomic_load(&srv->hosts[i].s2s_tls));
+		tls_ctx_free(atomic_load(&srv->hosts[i].s2s_client_tls));
 		modules_unregister(&srv->hosts[i]);
 	}
 	for (const struct module *const *mp = parley_modules; *mp; mp++)

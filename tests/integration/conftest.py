@@ -54,6 +54,7 @@ interfaces: ["127.0.0.1"]
 c2s_port: {self.c2s}
 c2s_tls_port: {self.c2s_tls}
 s2s_port: 0
+s2s_tls_port: 0
 http_port: 0
 scram_iterations: 4096
 """
@@ -183,21 +184,25 @@ STREAM_HEADER = ("<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:clie
 
 
 def raw_login(server, user, password=PASSWORD, resource="raw"):
-    """STARTTLS + SASL PLAIN + bind on a raw socket; returns (tls socket, bytes read)."""
+    """STARTTLS + SASL PLAIN + bind on a raw socket; returns (tls socket, bytes read).
+    The server's domain is server.domain if it has one (else DOMAIN), and its
+    certificate is checked against server.cafile if set (else server.cert)."""
+    domain = getattr(server, "domain", DOMAIN)
+    cafile = getattr(server, "cafile", None) or server.cert
     import base64
     s = raw_connect(server.c2s)
-    s.sendall((STREAM_HEADER % DOMAIN).encode())
+    s.sendall((STREAM_HEADER % domain).encode())
     recv_until(s, b"</stream:features>")
     s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
     assert b"<proceed" in recv_until(s, b"/>")
-    t = ssl.create_default_context(cafile=server.cert).wrap_socket(s, server_hostname=DOMAIN)
-    t.sendall((STREAM_HEADER % DOMAIN).encode())
+    t = ssl.create_default_context(cafile=cafile).wrap_socket(s, server_hostname=domain)
+    t.sendall((STREAM_HEADER % domain).encode())
     recv_until(t, b"</stream:features>")
     auth = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
     t.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"
               .encode())
     assert b"<success" in recv_until(t, b"</success>")
-    t.sendall((STREAM_HEADER % DOMAIN).encode())
+    t.sendall((STREAM_HEADER % domain).encode())
     recv_until(t, b"</stream:features>")
     t.sendall(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
               f"<resource>{resource}</resource></bind></iq>".encode())

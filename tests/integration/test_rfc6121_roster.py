@@ -24,7 +24,7 @@ class Raw:
     def __init__(self, server, user, resource="raw"):
         self.sock, _ = raw_login(server, user, resource=resource)
         self.user = user
-        self.bare = f"{user}@{DOMAIN}"
+        self.bare = f"{user}@{getattr(server, 'domain', DOMAIN)}"
         self.jid = f"{self.bare}/{resource}"
         self.parser = ET.XMLPullParser(events=("start", "end"))
         self.parser.feed("<stream:stream xmlns='jabber:client' "

@@ -1,0 +1,1623 @@
+/* Server-to-server streams (RFC 6120 §4-§9, federation).
+ *
+ * Outgoing: one link per (local domain, remote domain), owned by the
+ * worker that hash(remote) names, so stanzas for a remote domain always go
+ * through one loop and keep their order. A link finds the peer with DNS
+ * (_xmpps-server._tcp for direct TLS, XEP-0368, and _xmpp-server._tcp,
+ * else the domain itself on 5269; libunbound, asynchronous), connects,
+ * requires TLS, checks the peer's certificate (RFC 6125 identities) and
+ * authenticates with SASL EXTERNAL (XEP-0178) when the certificate is
+ * good, else with dialback (XEP-0220) where policy allows it. Stanzas wait
+ * in a bounded queue meanwhile and are bounced with remote-server-not-found
+ * or remote-server-timeout when the link fails (RFC 6120 §8.3.3.x).
+ *
+ * Incoming: any worker accepts. TLS is required before anything else; the
+ * peer authenticates each domain it sends from, with EXTERNAL (its
+ * certificate must name the domain) or dialback (verified by asking that
+ * domain's authoritative server over our own outgoing link). Stanzas must
+ * come from an authenticated domain and go to one of ours, else the
+ * stream ends with invalid-from or host-unknown (RFC 6120 §4.9.3). Every
+ * stanza is rebuilt from the parsed tree before it goes anywhere. */
+#include "server/server.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/arena.h"
+#include "core/buf.h"
+#include "core/conn.h"
+#include "core/log.h"
+#include "net/certs.h"
+#include "net/dns.h"
+#include "server/module.h"
+#include "xml/xmlstream.h"
+#include "xmpp/base64.h"
+#include "xmpp/ns.h"
+
+#define NS_DIALBACK	    "jabber:server:dialback"	 /* XEP-0220 */
+#define NS_DIALBACK_FEATURE "urn:xmpp:features:dialback" /* XEP-0220 §2.1 */
+#define S2S_PORT	    5269
+#define SETUP_DEADLINE_MS   30000  /* DNS, connect, TLS and authentication */
+#define CONNECT_TIMEOUT_MS  10000  /* one address */
+#define IDLE_MS		    600000 /* an idle link is closed after 10 minutes */
+#define CLOSE_DEADLINE_MS   5000
+#define BACKOFF_MIN_S	    5
+#define BACKOFF_MAX_S	    300
+#define QUEUE_MAX	    1000       /* stanzas waiting for a link */
+#define QUEUE_BYTES_MAX	    (4u << 20) /* and their size */
+#define MAX_TARGETS	    16
+#define MAX_ADDRS	    16
+#define MAX_AUTHED	    32 /* domain pairs one incoming stream may authenticate */
+#define MAX_PENDING_DB	    16 /* dialback requests waiting on one stream */
+#define DB_KEY_HEX	    (2 * SHA256_DIGEST_LENGTH)
+
+enum s2s_dir { S2S_IN, S2S_OUT };
+
+/* Stream flags. */
+#define F_TLS	      0x001u
+#define F_DIRECT_TLS  0x002u
+#define F_OPENED      0x004u /* peer's header received */
+#define F_CLOSING     0x008u
+#define F_FEATURES    0x010u /* out: features after TLS seen */
+#define F_SASL_SENT   0x020u /* out: <auth mechanism='EXTERNAL'/> sent */
+#define F_SASL_DONE   0x040u /* out: EXTERNAL succeeded; restarting */
+#define F_DB_SENT     0x080u /* out: <db:result/> sent */
+#define F_READY	      0x100u /* out: authenticated, stanzas may go */
+#define F_CERT_OK     0x200u /* the peer's certificate is valid for its domain */
+#define F_CERT_CHECKS 0x400u /* the check above was made */
+#define F_RESTART     0x800u /* the XML layer paused for a stream restart */
+
+struct pair {
+	char remote[JID_PART_MAX + 1];
+	char local[JID_PART_MAX + 1];
+};
+
+/* A dialback key to check with a domain's authoritative server. */
+struct dbv {
+	struct dbv *next;
+	char local[JID_PART_MAX + 1], remote[JID_PART_MAX + 1];
+	char id[64];		  /* the stream id the key was made for */
+	char key[DB_KEY_HEX + 1]; /* as received */
+	unsigned reply_worker;
+	uint64_t reply_uid; /* the incoming stream that asked */
+	bool sent;
+};
+
+struct s2s_link;
+
+struct s2s {
+	enum s2s_dir dir;
+	uint64_t uid; /* unique per worker */
+	struct worker *w;
+	struct conn *conn;
+	struct xmlstream *xs;
+	unsigned flags;
+	char stream_id[64];		    /* in: ours; out: the peer's */
+	char peer_domain[JID_PART_MAX + 1]; /* in: header 'from'; out: the remote */
+	char why_cert[160];		    /* why the certificate did not do */
+	struct timer timer;
+	uint64_t last_io;
+	struct s2s *next, *prev; /* the worker's list */
+	/* in */
+	struct host *host; /* header 'to' */
+	struct pair authed[MAX_AUTHED];
+	unsigned n_authed;
+	unsigned n_pending_db;
+	/* out */
+	struct s2s_link *link;
+};
+
+struct target {
+	char host[256]; /* A-label */
+	uint16_t port;
+	bool direct_tls;
+};
+
+enum link_state { LS_IDLE, LS_RESOLVING, LS_CONNECTING, LS_READY };
+
+struct s2s_link {
+	struct s2s_link *next;
+	struct worker *w;
+	char local[JID_PART_MAX + 1], remote[JID_PART_MAX + 1];
+	char remote_ascii[256];
+	enum link_state state;
+	struct s2s *s;
+	struct stanza **q;
+	size_t nq, capq, qbytes;
+	struct dbv *verifies;
+	/* Where to connect: SRV targets in order, then each one's addresses. */
+	struct target t[MAX_TARGETS];
+	size_t nt, ti;
+	struct sockaddr_storage addrs[MAX_ADDRS];
+	size_t na, ai;
+	struct dns_query *dq[2];
+	int srv_left; /* SRV answers still expected */
+	struct dns_srv srv[2][MAX_TARGETS];
+	size_t nsrv[2];
+	bool srv_none[2];      /* that service has no records */
+	struct timer deadline; /* setup; then idle */
+	uint64_t retry_at;     /* after a failure: bounce at once until then */
+	unsigned backoff_s;
+	const char *fail_text; /* the last failure, for the bounces */
+	bool fail_timeout;
+};
+
+/* Per worker: the streams and links it owns (worker.h keeps the heads). */
+struct s2s_worker {
+	struct s2s *streams;
+	size_t n_streams;
+	struct s2s_link *links;
+	struct dns *dns;
+	uint64_t next_uid;
+};
+
+static X509_STORE *trust;
+
+static struct s2s_worker *sw(struct worker *w)
+{
+	return w->s2s;
+}
+
+/* --- policy --- */
+
+static bool in_list(char *const *list, size_t n, const char *d)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(list[i], d))
+			return true;
+	return false;
+}
+
+static bool insecure_ok(const char *remote)
+{
+	return in_list(srv->cfg.s2s_insecure_domains, srv->cfg.n_s2s_insecure_domains, remote);
+}
+
+/* XEP-0220 §2.4 / our policy: dialback never in the clear (unless the
+ * domain is explicitly insecure), never for domains that must show a
+ * certificate, and only while s2s_dialback is on. */
+static bool dialback_ok(const char *remote, bool tls)
+{
+	if (!srv->cfg.s2s_dialback ||
+	    in_list(srv->cfg.s2s_secure_domains, srv->cfg.n_s2s_secure_domains, remote))
+		return false;
+	return tls || insecure_ok(remote);
+}
+
+/* XEP-0185 §3: key = HMAC-SHA256(hex(SHA256(secret)), receiving ' '
+ * originating ' ' stream-id), as lowercase hex. */
+static void db_key(const char *receiving, const char *originating, const char *id,
+		   char out[DB_KEY_HEX + 1])
+{
+	unsigned char h[SHA256_DIGEST_LENGTH], mac[SHA256_DIGEST_LENGTH];
+	char hk[DB_KEY_HEX + 1];
+	SHA256(srv->secret, sizeof(srv->secret), h);
+	for (size_t i = 0; i < sizeof(h); i++)
+		snprintf(hk + 2 * i, 3, "%02x", h[i]);
+	struct buf m = BUF_INIT;
+	buf_printf(&m, "%s %s %s", receiving, originating, id);
+	unsigned ml = 0;
+	HMAC(EVP_sha256(), hk, DB_KEY_HEX, (const unsigned char *)buf_head(&m), buf_pending(&m),
+	     mac, &ml);
+	buf_free(&m);
+	for (size_t i = 0; i < SHA256_DIGEST_LENGTH; i++)
+		snprintf(out + 2 * i, 3, "%02x", mac[i]);
+	OPENSSL_cleanse(hk, sizeof(hk));
+}
+
+static bool prep_domain(const char *in, char out[JID_PART_MAX + 1])
+{
+	if (!in)
+		return false;
+	int n = jid_prep_domain(in, strlen(in), out, JID_PART_MAX + 1);
+	return n > 0;
+}
+
+/* --- streams: common --- */
+
+static void stream_unref_free(struct s2s *s);
+static void link_stream_gone(struct s2s_link *l, struct s2s *s);
+static void link_fail(struct s2s_link *l, bool timeout, const char *why);
+static void link_next_address(struct s2s_link *l);
+static void link_deadline(struct timer *t);
+
+static struct buf *out(struct s2s *s)
+{
+	if (!s->conn)
+		return NULL;
+	if (conn_queued(s->conn) > s->w->conf.limits.out_queue_bytes) {
+		LOG(LOG_INFO, "s2s %s: output queue over %zu bytes: closing", s->peer_domain,
+		    s->w->conf.limits.out_queue_bytes);
+		s->flags |= F_CLOSING;
+		conn_close(s->conn, "output queue full");
+		return NULL;
+	}
+	return conn_wbuf(s->conn);
+}
+
+static void new_stream_id(char *id, size_t cap)
+{
+	unsigned char rnd[12];
+	char b[24];
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		die("RAND_bytes failed");
+	base64_encode(rnd, sizeof(rnd), b);
+	for (char *p = b; *p; p++)
+		if (*p == '/' || *p == '+')
+			*p = 'x';
+	snprintf(id, cap, "%s", b);
+}
+
+static void send_header(struct s2s *s, const char *from, const char *to, bool with_id)
+{
+	struct buf *b = out(s);
+	if (!b)
+		return;
+	buf_adds(b, "<?xml version='1.0'?><stream:stream xmlns='" NS_SERVER
+		    "' xmlns:stream='" NS_STREAMS "' xmlns:db='" NS_DIALBACK "'");
+	if (with_id) {
+		buf_adds(b, " id='");
+		buf_adds(b, s->stream_id);
+		buf_addc(b, '\'');
+	}
+	if (from) {
+		buf_adds(b, " from='");
+		xml_escape(b, from, strlen(from), true);
+		buf_addc(b, '\'');
+	}
+	if (to) {
+		buf_adds(b, " to='");
+		xml_escape(b, to, strlen(to), true);
+		buf_addc(b, '\'');
+	}
+	buf_adds(b, " version='1.0'>");
+}
+
+static void stream_close(struct s2s *s, const char *cond, const char *text)
+{
+	if (!s->conn || (s->flags & F_CLOSING))
+		return;
+	s->flags |= F_CLOSING;
+	if (cond) {
+		LOG(LOG_INFO, "s2s %s %s: stream error %s%s%s", s->dir == S2S_IN ? "from" : "to",
+		    s->peer_domain[0] ? s->peer_domain : s->conn->peer_ip, cond, text ? ": " : "",
+		    text ? text : "");
+		if (s->dir == S2S_IN && !(s->flags & F_OPENED)) {
+			new_stream_id(s->stream_id, sizeof(s->stream_id));
+			send_header(s, srv->hosts[0].domain, NULL, true);
+		}
+		struct buf *b = out(s);
+		if (b) {
+			buf_printf(b, "<stream:error><%s xmlns='" NS_STREAM_ERRORS "'/>", cond);
+			if (text) {
+				buf_adds(b, "<text xmlns='" NS_STREAM_ERRORS "'>");
+				xml_escape(b, text, strlen(text), false);
+				buf_adds(b, "</text>");
+			}
+			buf_adds(b, "</stream:error>");
+		}
+	}
+	struct buf *b = out(s);
+	if (b)
+		buf_adds(b, "</stream:stream>");
+	if (s->conn)
+		conn_close(s->conn, cond ? cond : "closed");
+	loop_timer_set(s->w->loop, &s->timer, CLOSE_DEADLINE_MS);
+}
+
+static void apply_limits(struct s2s *s, bool authed)
+{
+	const struct limits_conf *l = &s->w->conf.limits;
+	struct xs_limits xl = {
+	    .max_stanza_bytes = authed ? l->stanza_bytes : l->stanza_bytes_preauth,
+	    .max_depth = l->xml_depth,
+	    .max_attrs = l->xml_attrs,
+	    .max_attr_len = l->xml_attr_len,
+	    .max_text_len = l->xml_text_len,
+	    .max_children = l->xml_children,
+	    .max_header_bytes = 4096,
+	};
+	if (xl.max_attr_len > xl.max_stanza_bytes)
+		xl.max_attr_len = xl.max_stanza_bytes;
+	if (xl.max_text_len > xl.max_stanza_bytes)
+		xl.max_text_len = xl.max_stanza_bytes;
+	xmlstream_set_limits(s->xs, &xl);
+}
+
+/* The peer's certificate against its domain (RFC 6125, XEP-0178): once
+ * per TLS session, logged either way. */
+static bool check_cert(struct s2s *s, const char *domain)
+{
+	if (!(s->flags & F_TLS) || !s->conn || !s->conn->ssl)
+		return false;
+	if ((s->flags & F_CERT_CHECKS) && !strcmp(domain, s->peer_domain))
+		return s->flags & F_CERT_OK;
+	X509 *cert = SSL_get0_peer_certificate(s->conn->ssl);
+	enum cert_id id = CERT_ID_NONE;
+	if (!cert) {
+		snprintf(s->why_cert, sizeof(s->why_cert), "no certificate presented");
+	} else {
+		id = cert_verify_server(trust, cert, SSL_get_peer_cert_chain(s->conn->ssl), domain,
+					s->why_cert, sizeof(s->why_cert));
+	}
+	if (!strcmp(domain, s->peer_domain)) {
+		s->flags |= F_CERT_CHECKS;
+		if (id != CERT_ID_NONE)
+			s->flags |= F_CERT_OK;
+	}
+	if (id != CERT_ID_NONE)
+		LOG(LOG_INFO, "s2s %s %s: certificate valid (%s matched)",
+		    s->dir == S2S_IN ? "from" : "to", domain, cert_id_name(id));
+	else
+		LOG(LOG_INFO, "s2s %s %s: certificate not accepted: %s",
+		    s->dir == S2S_IN ? "from" : "to", domain, s->why_cert);
+	return id != CERT_ID_NONE;
+}
+
+static void s2s_timer(struct timer *t)
+{
+	struct s2s *s = t->ud;
+	if (!s->conn)
+		return;
+	if (s->flags & F_CLOSING) {
+		conn_abort(s->conn);
+		return;
+	}
+	uint64_t now = loop_now(s->w->loop);
+	if (s->dir == S2S_OUT && (s->conn->flags & CONN_CONNECTING)) {
+		s->conn->connect_errno = ETIMEDOUT;
+		conn_abort(s->conn); /* on_closed tries the next address */
+		return;
+	}
+	if (s->dir == S2S_IN && !s->n_authed) {
+		stream_close(s, "connection-timeout", "Not authenticated in time");
+		return;
+	}
+	if (now - s->last_io >= IDLE_MS) {
+		LOG(LOG_INFO, "s2s %s %s: idle, closing", s->dir == S2S_IN ? "from" : "to",
+		    s->peer_domain);
+		stream_close(s, NULL, NULL);
+		return;
+	}
+	loop_timer_set(s->w->loop, &s->timer, IDLE_MS - (now - s->last_io) + 1);
+}
+
+static struct s2s *stream_new(struct worker *w, enum s2s_dir dir)
+{
+	struct s2s *s = calloc(1, sizeof(*s));
+	if (!s)
+		die_oom();
+	struct s2s_worker *x = sw(w);
+	s->dir = dir;
+	s->w = w;
+	s->uid = ++x->next_uid;
+	s->last_io = loop_now(w->loop);
+	timer_init(&s->timer, s2s_timer, s);
+	s->next = x->streams;
+	if (x->streams)
+		x->streams->prev = s;
+	x->streams = s;
+	x->n_streams++;
+	return s;
+}
+
+static struct s2s *stream_find(struct worker *w, uint64_t uid)
+{
+	for (struct s2s *s = sw(w)->streams; s; s = s->next)
+		if (s->uid == uid)
+			return s;
+	return NULL;
+}
+
+static void stream_unref_free(struct s2s *s)
+{
+	struct s2s_worker *x = sw(s->w);
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		x->streams = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	x->n_streams--;
+	loop_timer_cancel(s->w->loop, &s->timer);
+	xmlstream_free(s->xs);
+	free(s);
+}
+
+static void rename_ns(struct xml_el *e)
+{
+	/* Stanzas travel as jabber:client inside the server; on an s2s stream
+	 * the same elements are jabber:server (RFC 6120 §4.8.3). */
+	if (xml_is_text(e))
+		return;
+	if (e->ns && !strcmp(e->ns, NS_SERVER))
+		e->ns = NS_CLIENT;
+	for (struct xml_el *c = e->first; c; c = c->next)
+		rename_ns(c);
+}
+
+/* --- incoming streams --- */
+
+static bool in_is_authed(const struct s2s *s, const char *remote, const char *local)
+{
+	for (unsigned i = 0; i < s->n_authed; i++)
+		if (!strcmp(s->authed[i].remote, remote) && !strcmp(s->authed[i].local, local))
+			return true;
+	return false;
+}
+
+static void in_authorize(struct s2s *s, const char *remote, const char *local, const char *how)
+{
+	if (in_is_authed(s, remote, local) || s->n_authed >= MAX_AUTHED)
+		return;
+	struct pair *p = &s->authed[s->n_authed++];
+	snprintf(p->remote, sizeof(p->remote), "%s", remote);
+	snprintf(p->local, sizeof(p->local), "%s", local);
+	LOG(LOG_INFO, "s2s from %s to %s: authenticated by %s (from %s)", remote, local, how,
+	    s->conn ? s->conn->peer_ip : "?");
+	apply_limits(s, true);
+}
+
+static void in_send_features(struct s2s *s)
+{
+	struct buf *b = out(s);
+	if (!b)
+		return;
+	buf_adds(b, "<stream:features>");
+	bool insecure = s->peer_domain[0] && insecure_ok(s->peer_domain);
+	if (!(s->flags & F_TLS)) {
+		/* RFC 6120 §5.3.1: only STARTTLS before TLS (unless the peer may
+		 * go without, which must be configured by name). */
+		buf_adds(b, "<starttls xmlns='" NS_TLS "'>");
+		if (!insecure)
+			buf_adds(b, "<required/>");
+		buf_adds(b, "</starttls>");
+	}
+	if ((s->flags & F_TLS) && !s->n_authed && s->peer_domain[0] &&
+	    check_cert(s, s->peer_domain)) {
+		/* XEP-0178 §3.1: EXTERNAL only when the certificate is good. */
+		buf_adds(b, "<mechanisms xmlns='" NS_SASL
+			    "'><mechanism>EXTERNAL</mechanism></mechanisms>");
+	}
+	if ((s->flags & F_TLS) || insecure)
+		buf_adds(b, "<dialback xmlns='" NS_DIALBACK_FEATURE "'><errors/></dialback>");
+	buf_adds(b, "</stream:features>");
+}
+
+static void in_open(struct s2s *s, const struct xml_el *hdr, const char *default_ns)
+{
+	const char *to = xml_attr(hdr, "to");
+	const char *from = xml_attr(hdr, "from");
+	char dom[JID_PART_MAX + 1];
+	struct host *h = prep_domain(to, dom) ? host_find(dom, strlen(dom)) : NULL;
+	if (s->host && h != s->host)
+		h = NULL;
+	if (h)
+		s->host = h;
+	char peer[JID_PART_MAX + 1];
+	if (prep_domain(from, peer))
+		snprintf(s->peer_domain, sizeof(s->peer_domain), "%s", peer);
+	new_stream_id(s->stream_id, sizeof(s->stream_id));
+	send_header(s, h ? h->domain : srv->hosts[0].domain,
+		    s->peer_domain[0] ? s->peer_domain : NULL, true);
+	s->flags |= F_OPENED;
+	if (strcmp(default_ns, NS_SERVER)) {
+		stream_close(s, "invalid-namespace", NULL); /* RFC 6120 §4.9.3.10 */
+		return;
+	}
+	if (!h) {
+		stream_close(s, "host-unknown", NULL); /* RFC 6120 §4.9.3.6 */
+		return;
+	}
+	const char *version = xml_attr(hdr, "version");
+	if (!version || strncmp(version, "1.", 2)) {
+		/* Pre-1.0 peers have no STARTTLS, which we require. */
+		stream_close(s, "unsupported-version", NULL);
+		return;
+	}
+	in_send_features(s);
+}
+
+/* XEP-0178: <auth mechanism='EXTERNAL'>authzid or =</auth>. */
+static void in_sasl(struct s2s *s, struct xml_el *el, struct arena *a)
+{
+	if (strcmp(el->name, "auth")) {
+		stream_close(s, "policy-violation", "Unexpected SASL element");
+		return;
+	}
+	const char *mech = xml_attr(el, "mechanism");
+	struct buf *b;
+	if (!(s->flags & F_TLS) || !mech || strcmp(mech, "EXTERNAL")) {
+		if ((b = out(s)))
+			buf_adds(b, "<failure xmlns='" NS_SASL "'><invalid-mechanism/></failure>");
+		return;
+	}
+	const char *text = xml_text(a, el);
+	char authz[JID_PART_MAX + 1] = "";
+	size_t tl = strlen(text);
+	if (tl && strcmp(text, "=")) {
+		unsigned char dec[JID_PART_MAX + 1];
+		ssize_t n = tl < 2048 ? base64_decode(text, tl, dec, sizeof(dec) - 1) : -1;
+		if (n <= 0) {
+			if ((b = out(s)))
+				buf_adds(b, "<failure xmlns='" NS_SASL
+					    "'><incorrect-encoding/></failure>");
+			return;
+		}
+		dec[n] = 0;
+		if (!prep_domain((const char *)dec, authz)) {
+			if ((b = out(s)))
+				buf_adds(b, "<failure xmlns='" NS_SASL
+					    "'><invalid-authzid/></failure>");
+			return;
+		}
+	} else {
+		snprintf(authz, sizeof(authz), "%s", s->peer_domain);
+	}
+	if (!authz[0] || !check_cert(s, authz)) {
+		LOG(LOG_INFO, "s2s from %s: SASL EXTERNAL refused: %s", authz[0] ? authz : "?",
+		    authz[0] ? s->why_cert : "no domain named");
+		if ((b = out(s)))
+			buf_adds(b, "<failure xmlns='" NS_SASL "'><not-authorized/></failure>");
+		return;
+	}
+	in_authorize(s, authz, s->host->domain, "SASL EXTERNAL (certificate)");
+	if ((b = out(s)))
+		buf_adds(b, "<success xmlns='" NS_SASL "'/>");
+	/* RFC 6120 §6.4.6: the peer restarts the stream. */
+	xmlstream_pause(s->xs);
+	s->flags &= ~F_OPENED;
+	s->flags |= F_SASL_DONE | F_RESTART;
+}
+
+static void db_result_reply(struct s2s *s, const char *local, const char *remote, const char *type,
+			    const char *err)
+{
+	struct buf *b = out(s);
+	if (!b)
+		return;
+	buf_adds(b, "<db:result from='");
+	xml_escape(b, local, strlen(local), true);
+	buf_adds(b, "' to='");
+	xml_escape(b, remote, strlen(remote), true);
+	buf_printf(b, "' type='%s'", type);
+	if (err)
+		buf_printf(b,
+			   "><error type='cancel'><%s xmlns='" NS_STANZA_ERRORS
+			   "'/></error></db:result>",
+			   err);
+	else
+		buf_adds(b, "/>");
+}
+
+struct verify_done {
+	uint64_t uid;
+	char local[JID_PART_MAX + 1], remote[JID_PART_MAX + 1];
+	int result; /* 1 valid, 0 invalid, -1 could not ask */
+};
+
+/* On the incoming stream's worker: the authoritative server answered. */
+static void verify_done_here(void *arg)
+{
+	struct verify_done *v = arg;
+	struct s2s *s = stream_find(worker_current(), v->uid);
+	if (s && s->conn && !(s->flags & F_CLOSING)) {
+		if (s->n_pending_db)
+			s->n_pending_db--;
+		if (v->result == 1) {
+			in_authorize(s, v->remote, v->local, "dialback");
+			db_result_reply(s, v->local, v->remote, "valid", NULL);
+		} else {
+			LOG(LOG_INFO, "s2s from %s to %s: dialback %s", v->remote, v->local,
+			    v->result == 0 ? "key invalid" : "could not be verified");
+			db_result_reply(s, v->local, v->remote,
+					v->result == 0 ? "invalid" : "error",
+					v->result == 0 ? NULL : "remote-server-not-found");
+		}
+	}
+	free(v);
+}
+
+static void link_verify(struct dbv *v); /* on the link's worker */
+
+static void verify_posted(void *arg)
+{
+	link_verify(arg);
+}
+
+static unsigned owner_of(const char *remote)
+{
+	/* FNV-1a: the same worker for a remote domain every time. */
+	uint32_t h = 2166136261u;
+	for (const char *p = remote; *p; p++) {
+		h ^= (unsigned char)*p;
+		h *= 16777619u;
+	}
+	return h % srv->n_workers;
+}
+
+/* XEP-0220 §2.1.2: <db:result from='remote' to='local'>key</db:result>. */
+static void in_db_result(struct s2s *s, struct xml_el *el, struct arena *a)
+{
+	char remote[JID_PART_MAX + 1], local[JID_PART_MAX + 1];
+	if (!prep_domain(xml_attr(el, "from"), remote) || !prep_domain(xml_attr(el, "to"), local)) {
+		stream_close(s, "improper-addressing", "db:result needs from and to");
+		return;
+	}
+	if (!host_find(local, strlen(local))) {
+		db_result_reply(s, local, remote, "error", "item-not-found");
+		return;
+	}
+	if (!dialback_ok(remote, s->flags & F_TLS)) {
+		LOG(LOG_INFO, "s2s from %s: dialback refused by policy (%s)", remote,
+		    !(s->flags & F_TLS) ? "not over TLS" : "certificate required for this domain");
+		db_result_reply(s, local, remote, "error", "not-acceptable");
+		return;
+	}
+	if (in_is_authed(s, remote, local)) {
+		db_result_reply(s, local, remote, "valid", NULL);
+		return;
+	}
+	const char *key = xml_text(a, el);
+	if (strlen(key) != DB_KEY_HEX && (strlen(key) < 16 || strlen(key) > DB_KEY_HEX)) {
+		db_result_reply(s, local, remote, "invalid", NULL);
+		return;
+	}
+	if (s->n_pending_db >= MAX_PENDING_DB) {
+		db_result_reply(s, local, remote, "error", "resource-constraint");
+		return;
+	}
+	s->n_pending_db++;
+	struct dbv *v = calloc(1, sizeof(*v));
+	if (!v)
+		die_oom();
+	snprintf(v->local, sizeof(v->local), "%s", local);
+	snprintf(v->remote, sizeof(v->remote), "%s", remote);
+	snprintf(v->id, sizeof(v->id), "%s", s->stream_id);
+	snprintf(v->key, sizeof(v->key), "%s", key);
+	v->reply_worker = s->w->idx;
+	v->reply_uid = s->uid;
+	loop_post(srv->workers[owner_of(remote)].loop, verify_posted, v);
+}
+
+/* XEP-0220 §2.3: we are the authoritative server; is the key ours? */
+static void in_db_verify(struct s2s *s, struct xml_el *el, struct arena *a)
+{
+	char remote[JID_PART_MAX + 1], local[JID_PART_MAX + 1];
+	const char *id = xml_attr(el, "id");
+	if (!prep_domain(xml_attr(el, "from"), remote) || !prep_domain(xml_attr(el, "to"), local) ||
+	    !id) {
+		stream_close(s, "improper-addressing", "db:verify needs from, to and id");
+		return;
+	}
+	if (!(s->flags & F_TLS) && !insecure_ok(remote)) {
+		stream_close(s, "policy-violation", "Dialback only over TLS");
+		return;
+	}
+	bool ok = false;
+	if (host_find(local, strlen(local))) {
+		char want[DB_KEY_HEX + 1];
+		db_key(remote, local, id, want);
+		const char *key = xml_text(a, el);
+		ok = strlen(key) == DB_KEY_HEX && CRYPTO_memcmp(key, want, DB_KEY_HEX) == 0;
+	}
+	struct buf *b = out(s);
+	if (!b)
+		return;
+	buf_adds(b, "<db:verify from='");
+	xml_escape(b, local, strlen(local), true);
+	buf_adds(b, "' to='");
+	xml_escape(b, remote, strlen(remote), true);
+	buf_adds(b, "' id='");
+	xml_escape(b, id, strlen(id), true);
+	buf_printf(b, "' type='%s'/>", ok ? "valid" : "invalid");
+}
+
+static void in_stanza(struct s2s *s, struct xml_el *el, struct arena *a)
+{
+	if (strcmp(el->name, "message") && strcmp(el->name, "presence") && strcmp(el->name, "iq")) {
+		arena_free(a);
+		stream_close(s, "unsupported-stanza-type", NULL);
+		return;
+	}
+	const char *from = xml_attr(el, "from"), *to = xml_attr(el, "to");
+	if (!from || !to) {
+		arena_free(a);
+		stream_close(s, "improper-addressing", NULL); /* RFC 6120 §4.9.3.11 */
+		return;
+	}
+	rename_ns(el);
+	int err;
+	struct stanza *st = stanza_wrap(el, a, &err);
+	if (!st->from.len || !st->to.len) {
+		stanza_free(st);
+		stream_close(s, "improper-addressing", "Malformed from or to");
+		return;
+	}
+	char fd[JID_PART_MAX + 1], td[JID_PART_MAX + 1];
+	snprintf(fd, sizeof(fd), "%.*s", (int)st->from.dom_len, st->from.s + st->from.dom_off);
+	snprintf(td, sizeof(td), "%.*s", (int)st->to.dom_len, st->to.s + st->to.dom_off);
+	if (!host_find(td, strlen(td))) {
+		stanza_free(st);
+		stream_close(s, "host-unknown", "We do not serve that domain");
+		return;
+	}
+	if (!in_is_authed(s, fd, td)) {
+		/* RFC 6120 §4.9.3.9, §13.7.2: only what the peer proved it is. */
+		stanza_free(st);
+		stream_close(s, "invalid-from", "That domain is not authenticated on this stream");
+		return;
+	}
+	if (err != SE_NONE) {
+		route_error(st, (enum st_err)err, NULL);
+		return;
+	}
+	LOG(LOG_DEBUG, "s2s from %s: %s from %s to %s", fd, el->name, st->from.s, st->to.s);
+	route(st, NULL);
+}
+
+/* --- outgoing streams --- */
+
+static void out_send_verifies(struct s2s_link *l);
+
+static void out_ready(struct s2s *s)
+{
+	struct s2s_link *l = s->link;
+	s->flags |= F_READY;
+	apply_limits(s, true);
+	if (!l)
+		return;
+	l->state = LS_READY;
+	l->backoff_s = 0;
+	l->retry_at = 0;
+	LOG(LOG_INFO, "s2s to %s from %s: ready (%s), %zu stanza%s waiting", l->remote, l->local,
+	    (s->flags & F_SASL_DONE) ? "SASL EXTERNAL" : "dialback", l->nq, l->nq == 1 ? "" : "s");
+	loop_timer_cancel(s->w->loop, &l->deadline);
+	struct buf *b = out(s);
+	for (size_t i = 0; i < l->nq; i++) {
+		if (b)
+			xml_serialize(l->q[i]->el, NS_CLIENT, b);
+		stanza_free(l->q[i]);
+	}
+	l->nq = 0;
+	l->qbytes = 0;
+}
+
+static void out_features(struct s2s *s, struct xml_el *el)
+{
+	struct s2s_link *l = s->link;
+	const char *remote = s->peer_domain;
+	if (!l) {
+		stream_close(s, NULL, NULL); /* the link gave up meanwhile */
+		return;
+	}
+	if (!(s->flags & F_TLS)) {
+		if (xml_child(el, NS_TLS, "starttls")) {
+			struct buf *b = out(s);
+			if (b)
+				buf_adds(b, "<starttls xmlns='" NS_TLS "'/>");
+			return;
+		}
+		if (!insecure_ok(remote)) {
+			LOG(LOG_WARN,
+			    "s2s to %s: the peer offers no TLS; refused (list it in "
+			    "s2s_insecure_domains to allow it)",
+			    remote);
+			if (l)
+				link_fail(l, false, "The remote server does not offer TLS");
+			stream_close(s, "policy-violation", "TLS is required");
+			return;
+		}
+	}
+	if (s->flags & F_SASL_DONE) {
+		out_ready(s);
+		return;
+	}
+	s->flags |= F_FEATURES;
+	if (l)
+		out_send_verifies(l);
+	if (s->flags & (F_SASL_SENT | F_DB_SENT | F_READY))
+		return;
+	struct xml_el *mechs = xml_child(el, NS_SASL, "mechanisms");
+	bool external = false;
+	if (mechs)
+		for (struct xml_el *m = xml_first_el(mechs); m; m = xml_next_el(m))
+			if (!strcmp(m->name, "mechanism") && m->first && xml_is_text(m->first) &&
+			    !strcmp(m->first->text, "EXTERNAL"))
+				external = true;
+	bool cert = check_cert(s, remote);
+	if (cert && external) {
+		char b64[((JID_PART_MAX + 2) / 3) * 4 + 4];
+		base64_encode((const unsigned char *)l->local, strlen(l->local), b64);
+		struct buf *b = out(s);
+		if (b)
+			buf_printf(b, "<auth xmlns='" NS_SASL "' mechanism='EXTERNAL'>%s</auth>",
+				   b64);
+		s->flags |= F_SASL_SENT;
+		return;
+	}
+	if (dialback_ok(remote, s->flags & F_TLS) &&
+	    xml_child(el, NS_DIALBACK_FEATURE, "dialback")) {
+		char key[DB_KEY_HEX + 1];
+		db_key(remote, l->local, s->stream_id, key);
+		struct buf *b = out(s);
+		if (b) {
+			buf_adds(b, "<db:result from='");
+			xml_escape(b, l->local, strlen(l->local), true);
+			buf_adds(b, "' to='");
+			xml_escape(b, remote, strlen(remote), true);
+			buf_printf(b, "'>%s</db:result>", key);
+		}
+		s->flags |= F_DB_SENT;
+		return;
+	}
+	LOG(LOG_WARN, "s2s to %s: cannot authenticate: %s%s", remote,
+	    cert ? "the peer offers no SASL EXTERNAL and dialback is not possible" : s->why_cert,
+	    cert ? ""
+		 : (dialback_ok(remote, s->flags & F_TLS) ? "; no dialback offered"
+							  : "; dialback not allowed"));
+	link_fail(l, false, "The remote server could not be authenticated");
+	stream_close(s, "policy-violation", NULL);
+}
+
+static void out_sasl(struct s2s *s, struct xml_el *el)
+{
+	if (!strcmp(el->name, "success") && (s->flags & F_SASL_SENT)) {
+		s->flags |= F_SASL_DONE | F_RESTART;
+		s->flags &= ~F_OPENED;
+		xmlstream_pause(s->xs); /* restart once the XML layer returns */
+		return;
+	}
+	LOG(LOG_INFO, "s2s to %s: SASL EXTERNAL refused by the peer", s->peer_domain);
+	s->flags &= ~F_SASL_SENT;
+	/* Fall back to dialback when allowed (XEP-0178 §3.2 leaves it open). */
+	if (s->link && dialback_ok(s->peer_domain, s->flags & F_TLS)) {
+		char key[DB_KEY_HEX + 1];
+		db_key(s->peer_domain, s->link->local, s->stream_id, key);
+		struct buf *b = out(s);
+		if (b) {
+			buf_printf(b, "<db:result from='%s' to='%s'>%s</db:result>", s->link->local,
+				   s->peer_domain, key);
+			s->flags |= F_DB_SENT;
+		}
+		return;
+	}
+	if (s->link)
+		link_fail(s->link, false, "The remote server refused our certificate");
+	stream_close(s, NULL, NULL);
+}
+
+static void out_db(struct s2s *s, struct xml_el *el)
+{
+	const char *type = xml_attr(el, "type");
+	if (!strcmp(el->name, "result")) {
+		if (!(s->flags & F_DB_SENT) || !type)
+			return;
+		if (!strcmp(type, "valid")) {
+			out_ready(s);
+			return;
+		}
+		LOG(LOG_WARN, "s2s to %s: dialback %s by the peer", s->peer_domain, type);
+		if (s->link)
+			link_fail(s->link, false, "The remote server refused our dialback");
+		stream_close(s, NULL, NULL);
+		return;
+	}
+	if (!strcmp(el->name, "verify") && s->link) {
+		const char *id = xml_attr(el, "id");
+		struct dbv **pp = &s->link->verifies;
+		for (; *pp; pp = &(*pp)->next)
+			if ((*pp)->sent && id && !strcmp((*pp)->id, id))
+				break;
+		struct dbv *v = *pp;
+		if (!v)
+			return;
+		*pp = v->next;
+		struct verify_done *d = calloc(1, sizeof(*d));
+		if (!d)
+			die_oom();
+		d->uid = v->reply_uid;
+		snprintf(d->local, sizeof(d->local), "%s", v->local);
+		snprintf(d->remote, sizeof(d->remote), "%s", v->remote);
+		d->result = type && !strcmp(type, "valid") ? 1 : 0;
+		loop_post(srv->workers[v->reply_worker].loop, verify_done_here, d);
+		free(v);
+	}
+}
+
+/* --- the stream layer's callbacks, both directions --- */
+
+static void on_open(void *ud, const struct xml_el *hdr, const char *default_ns)
+{
+	struct s2s *s = ud;
+	if (s->dir == S2S_IN) {
+		in_open(s, hdr, default_ns);
+		return;
+	}
+	s->flags |= F_OPENED;
+	const char *id = xml_attr(hdr, "id");
+	if (strcmp(default_ns, NS_SERVER) || !id || strlen(id) >= sizeof(s->stream_id)) {
+		if (s->link)
+			link_fail(s->link, false, "The remote server sent a bad stream header");
+		stream_close(s, strcmp(default_ns, NS_SERVER) ? "invalid-namespace" : "bad-format",
+			     NULL);
+		return;
+	}
+	snprintf(s->stream_id, sizeof(s->stream_id), "%s", id);
+}
+
+static void on_element(void *ud, struct xml_el *el, struct arena *a)
+{
+	struct s2s *s = ud;
+	s->last_io = loop_now(s->w->loop);
+	if ((s->flags & F_CLOSING) || !(s->flags & F_OPENED)) {
+		arena_free(a);
+		return;
+	}
+	if (!strcmp(el->ns, NS_STREAMS) && !strcmp(el->name, "error")) {
+		struct xml_el *c = xml_first_el(el);
+		LOG(LOG_INFO, "s2s %s %s: stream error from the peer: %s",
+		    s->dir == S2S_IN ? "from" : "to", s->peer_domain, c ? c->name : "?");
+		if (s->link && s->link->state != LS_READY)
+			link_fail(s->link, false, "The remote server closed the stream");
+		arena_free(a);
+		stream_close(s, NULL, NULL);
+		return;
+	}
+	if (s->dir == S2S_OUT) {
+		if (!strcmp(el->ns, NS_STREAMS) && !strcmp(el->name, "features"))
+			out_features(s, el);
+		else if (!strcmp(el->ns, NS_TLS) && !strcmp(el->name, "proceed") &&
+			 !(s->flags & F_TLS)) {
+			s->flags |= F_TLS | F_RESTART;
+			s->flags &= ~F_OPENED;
+			xmlstream_pause(s->xs);
+		} else if (!strcmp(el->ns, NS_SASL))
+			out_sasl(s, el);
+		else if (!strcmp(el->ns, NS_DIALBACK))
+			out_db(s, el);
+		/* Anything else on an outgoing stream (RFC 6120 §4.1: one
+		 * direction) is ignored. */
+		arena_free(a);
+		return;
+	}
+	if (!strcmp(el->ns, NS_TLS)) {
+		bool bad = strcmp(el->name, "starttls") || (s->flags & F_TLS);
+		arena_free(a);
+		if (bad) {
+			stream_close(s, "policy-violation", "Unexpected STARTTLS");
+			return;
+		}
+		struct buf *b = out(s);
+		if (b)
+			buf_adds(b, "<proceed xmlns='" NS_TLS "'/>");
+		s->flags |= F_TLS | F_RESTART;
+		s->flags &= ~F_OPENED;
+		xmlstream_pause(s->xs);
+		return;
+	}
+	if (!(s->flags & F_TLS) && !(s->peer_domain[0] && insecure_ok(s->peer_domain))) {
+		arena_free(a);
+		stream_close(s, "policy-violation", "STARTTLS is required first");
+		return;
+	}
+	if (!strcmp(el->ns, NS_SASL))
+		in_sasl(s, el, a);
+	else if (!strcmp(el->ns, NS_DIALBACK) && !strcmp(el->name, "result"))
+		in_db_result(s, el, a);
+	else if (!strcmp(el->ns, NS_DIALBACK) && !strcmp(el->name, "verify"))
+		in_db_verify(s, el, a);
+	else if (!strcmp(el->ns, NS_SERVER)) {
+		in_stanza(s, el, a); /* takes a */
+		return;
+	} else {
+		arena_free(a);
+		stream_close(s, "unsupported-stanza-type", NULL);
+		return;
+	}
+	arena_free(a);
+}
+
+static void on_xclose(void *ud)
+{
+	struct s2s *s = ud;
+	stream_close(s, NULL, NULL);
+}
+
+static const struct xs_callbacks xs_cb = {on_open, on_element, on_xclose};
+
+static const char *xs_condition(enum xs_error e)
+{
+	switch (e) {
+	case XS_ERR_RESTRICTED_XML:
+		return "restricted-xml";
+	case XS_ERR_POLICY:
+		return "policy-violation";
+	case XS_ERR_ENCODING:
+		return "unsupported-encoding";
+	case XS_ERR_INVALID_NS:
+		return "invalid-namespace";
+	case XS_ERR_MEMORY:
+		return "resource-constraint";
+	default:
+		return "bad-format";
+	}
+}
+
+static SSL_CTX *client_ctx(struct s2s *s)
+{
+	struct host *h = s->link ? host_find(s->link->local, strlen(s->link->local)) : NULL;
+	return atomic_load(&(h ? h : &srv->hosts[0])->s2s_client_tls);
+}
+
+static void on_data(struct conn *c, const char *p, size_t n)
+{
+	struct s2s *s = c->ud;
+	s->last_io = loop_now(s->w->loop);
+	while (n && s->conn && !(s->flags & F_CLOSING)) {
+		ssize_t r = xmlstream_feed(s->xs, p, n);
+		if (r < 0) {
+			if (s->link && s->link->state != LS_READY)
+				link_fail(s->link, false, "The remote server sent bad XML");
+			stream_close(s, xs_condition(xmlstream_error(s->xs)),
+				     xmlstream_error(s->xs) == XS_ERR_POLICY
+					 ? xmlstream_error_text(s->xs)
+					 : NULL);
+			return;
+		}
+		p += r;
+		n -= (size_t)r;
+		if (!(s->flags & F_RESTART) || !s->conn)
+			continue;
+		s->flags &= ~F_RESTART;
+		/* Paused for a restart: STARTTLS (what follows in this read was
+		 * sent in the clear and is dropped, RFC 6120 §5.4.3.3) or SASL. */
+		xmlstream_reset(s->xs);
+		bool tls_now = (s->flags & F_TLS) && !conn_is_tls(s->conn);
+		if (tls_now) {
+			if (s->dir == S2S_IN) {
+				conn_starttls(s->conn, atomic_load(&s->host->s2s_tls));
+			} else {
+				char *sni = NULL;
+				cert_domain_ascii(s->peer_domain, &sni);
+				conn_starttls_client(s->conn, client_ctx(s),
+						     sni ? sni : s->peer_domain, NULL);
+				free(sni);
+			}
+			return;
+		}
+		if (s->dir == S2S_OUT)
+			send_header(s, s->link ? s->link->local : NULL, s->peer_domain, false);
+	}
+}
+
+static void on_tls_ready(struct conn *c)
+{
+	struct s2s *s = c->ud;
+	s->flags |= F_TLS;
+	if (s->dir == S2S_OUT && s->link)
+		send_header(s, s->link->local, s->peer_domain, false);
+}
+
+static void on_connected(struct conn *c)
+{
+	struct s2s *s = c->ud;
+	struct s2s_link *l = s->link;
+	LOG(LOG_DEBUG, "s2s to %s: connected to %s%s", s->peer_domain, c->peer_ip,
+	    (s->flags & F_DIRECT_TLS) ? " (direct TLS)" : "");
+	if (l)
+		loop_timer_set(s->w->loop, &s->timer, IDLE_MS);
+	if (s->flags & F_DIRECT_TLS) {
+		char *sni = NULL;
+		cert_domain_ascii(s->peer_domain, &sni);
+		conn_starttls_client(c, client_ctx(s), sni ? sni : s->peer_domain, "xmpp-server");
+		free(sni);
+		return;
+	}
+	send_header(s, l ? l->local : NULL, s->peer_domain, false);
+}
+
+static void on_closed(struct conn *c, const char *reason)
+{
+	struct s2s *s = c->ud;
+	s->conn = NULL;
+	if (s->link) {
+		struct s2s_link *l = s->link;
+		s->link = NULL;
+		if (!(s->flags & F_READY) && !l->fail_text) {
+			/* Never got going: this address did not work; try the next. */
+			LOG(LOG_INFO, "s2s to %s: %s (%s)", l->remote, reason ? reason : "closed",
+			    c->peer_ip);
+			l->s = NULL;
+			link_next_address(l);
+		} else {
+			link_stream_gone(l, s);
+		}
+	} else {
+		LOG(LOG_INFO, "s2s %s %s: closed (%s)", s->dir == S2S_IN ? "from" : "to",
+		    s->peer_domain[0] ? s->peer_domain : c->peer_ip, reason ? reason : "");
+	}
+	stream_unref_free(s);
+}
+
+static const struct conn_handler s2s_handler = {on_data, on_tls_ready, on_closed, on_connected};
+
+void s2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls)
+{
+	struct s2s *s = stream_new(w, S2S_IN);
+	s->xs = xmlstream_new(&xs_cb, s, NULL);
+	apply_limits(s, false);
+	if (direct_tls)
+		s->flags |= F_TLS | F_DIRECT_TLS;
+	s->conn =
+	    conn_accept(w->loop, fd, peer, direct_tls ? atomic_load(&srv->hosts[0].s2s_tls) : NULL,
+			&s2s_handler, s);
+	if (!s->conn) {
+		stream_unref_free(s);
+		return;
+	}
+	LOG(LOG_DEBUG, "s2s connection from %s%s", s->conn->peer_ip,
+	    direct_tls ? " (direct TLS)" : "");
+	loop_timer_set(w->loop, &s->timer, (uint64_t)w->conf.limits.handshake_timeout * 1000u);
+}
+
+/* --- links --- */
+
+static bool link_unused(const struct s2s_link *l, uint64_t now)
+{
+	return l->state == LS_IDLE && !l->s && !l->nq && !l->verifies && now >= l->retry_at &&
+	       !l->dq[0] && !l->dq[1];
+}
+
+static struct s2s_link *link_find(struct worker *w, const char *local, const char *remote,
+				  bool create)
+{
+	uint64_t now = loop_now(w->loop);
+	for (struct s2s_link **pp = &sw(w)->links, *l; (l = *pp);) {
+		if (!strcmp(l->local, local) && !strcmp(l->remote, remote))
+			return l;
+		if (link_unused(l, now)) {
+			/* Links to domains nobody talks to any more go. */
+			*pp = l->next;
+			loop_timer_cancel(w->loop, &l->deadline);
+			free(l->q);
+			free(l);
+			continue;
+		}
+		pp = &l->next;
+	}
+	if (!create)
+		return NULL;
+	struct s2s_link *l = calloc(1, sizeof(*l));
+	if (!l)
+		die_oom();
+	l->w = w;
+	timer_init(&l->deadline, link_deadline, l);
+	snprintf(l->local, sizeof(l->local), "%s", local);
+	snprintf(l->remote, sizeof(l->remote), "%s", remote);
+	char *a = NULL;
+	if (cert_domain_ascii(remote, &a) == 0 && a && strlen(a) < sizeof(l->remote_ascii))
+		snprintf(l->remote_ascii, sizeof(l->remote_ascii), "%s", a);
+	else
+		snprintf(l->remote_ascii, sizeof(l->remote_ascii), "%s", remote);
+	free(a);
+	l->next = sw(w)->links;
+	sw(w)->links = l;
+	return l;
+}
+
+static void bounce_queue(struct s2s_link *l)
+{
+	enum st_err e = l->fail_timeout ? SE_REMOTE_SERVER_TIMEOUT : SE_REMOTE_SERVER_NOT_FOUND;
+	for (size_t i = 0; i < l->nq; i++)
+		route_error(l->q[i], e, l->fail_text);
+	l->nq = 0;
+	l->qbytes = 0;
+}
+
+static void fail_verifies(struct s2s_link *l)
+{
+	while (l->verifies) {
+		struct dbv *v = l->verifies;
+		l->verifies = v->next;
+		struct verify_done *d = calloc(1, sizeof(*d));
+		if (!d)
+			die_oom();
+		d->uid = v->reply_uid;
+		snprintf(d->local, sizeof(d->local), "%s", v->local);
+		snprintf(d->remote, sizeof(d->remote), "%s", v->remote);
+		d->result = -1;
+		loop_post(srv->workers[v->reply_worker].loop, verify_done_here, d);
+		free(v);
+	}
+}
+
+static void cancel_dns(struct s2s_link *l)
+{
+	for (int i = 0; i < 2; i++)
+		if (l->dq[i]) {
+			dns_cancel(l->dq[i]);
+			l->dq[i] = NULL;
+		}
+}
+
+/* The link could not be set up: everything waiting is bounced, and new
+ * stanzas are bounced at once until the backoff has passed. */
+static void link_fail(struct s2s_link *l, bool timeout, const char *why)
+{
+	if (!l || l->fail_text)
+		return;
+	l->fail_text = why;
+	l->fail_timeout = timeout;
+	LOG(LOG_WARN, "s2s to %s: %s; %zu stanza%s bounced", l->remote, why, l->nq,
+	    l->nq == 1 ? "" : "s");
+	cancel_dns(l);
+	bounce_queue(l);
+	fail_verifies(l);
+	l->backoff_s = l->backoff_s ? l->backoff_s * 2 : BACKOFF_MIN_S;
+	if (l->backoff_s > BACKOFF_MAX_S)
+		l->backoff_s = BACKOFF_MAX_S;
+	l->retry_at = loop_now(l->w->loop) + l->backoff_s * 1000u;
+	l->state = LS_IDLE;
+	loop_timer_cancel(l->w->loop, &l->deadline);
+	if (l->s) {
+		struct s2s *s = l->s;
+		l->s = NULL;
+		s->link = NULL;
+		stream_close(s, NULL, NULL);
+	}
+}
+
+static void link_stream_gone(struct s2s_link *l, struct s2s *s)
+{
+	if (l->s == s)
+		l->s = NULL;
+	if (l->state == LS_READY || l->fail_text) {
+		l->state = LS_IDLE;
+		/* Stanzas queued after it closed start a new connection. */
+		fail_verifies(l);
+		bounce_queue(l);
+	}
+}
+
+static void link_deadline(struct timer *t)
+{
+	struct s2s_link *l = t->ud;
+	if (l->state != LS_READY && l->state != LS_IDLE)
+		link_fail(l, true, "The remote server did not answer in time");
+}
+
+static void link_connect_addr(struct s2s_link *l)
+{
+	const struct target *t = &l->t[l->ti];
+	while (l->ai < l->na) {
+		const struct sockaddr_storage *a = &l->addrs[l->ai++];
+		struct s2s *s = stream_new(l->w, S2S_OUT);
+		s->link = l;
+		snprintf(s->peer_domain, sizeof(s->peer_domain), "%s", l->remote);
+		s->xs = xmlstream_new(&xs_cb, s, NULL);
+		apply_limits(s, false);
+		if (t->direct_tls)
+			s->flags |= F_DIRECT_TLS;
+		s->conn = conn_connect(l->w->loop, a, &s2s_handler, s);
+		if (!s->conn) {
+			stream_unref_free(s);
+			continue;
+		}
+		l->s = s;
+		l->state = LS_CONNECTING;
+		loop_timer_set(l->w->loop, &s->timer, CONNECT_TIMEOUT_MS);
+		return;
+	}
+	/* This target's addresses are used up: the next target. */
+	l->ti++;
+	l->na = l->ai = 0;
+	link_next_address(l);
+}
+
+static void addrs_done(void *ud, int rc, bool secure, const struct sockaddr_storage *a, size_t n)
+{
+	struct s2s_link *l = ud;
+	l->dq[0] = NULL;
+	(void)secure;
+	l->na = 0;
+	l->ai = 0;
+	for (size_t i = 0; rc == DNS_OK && i < n && l->na < MAX_ADDRS; i++)
+		l->addrs[l->na++] = a[i];
+	if (!l->na) {
+		LOG(LOG_INFO, "s2s to %s: no address for %s", l->remote, l->t[l->ti].host);
+		l->ti++;
+		link_next_address(l);
+		return;
+	}
+	link_connect_addr(l);
+}
+
+static void link_next_address(struct s2s_link *l)
+{
+	if (l->fail_text)
+		return;
+	if (l->ai < l->na) {
+		link_connect_addr(l);
+		return;
+	}
+	if (l->ti >= l->nt) {
+		link_fail(l, false, "The remote server could not be reached");
+		return;
+	}
+	const struct target *t = &l->t[l->ti];
+	l->state = LS_RESOLVING;
+	l->dq[0] = dns_addr(sw(l->w)->dns, t->host, t->port, addrs_done, l);
+}
+
+static void add_target(struct s2s_link *l, const char *host, uint16_t port, bool direct)
+{
+	if (l->nt >= MAX_TARGETS || strlen(host) >= sizeof(l->t[0].host))
+		return;
+	struct target *t = &l->t[l->nt++];
+	snprintf(t->host, sizeof(t->host), "%s", host);
+	t->port = port;
+	t->direct_tls = direct;
+}
+
+/* Both SRV answers are in: XEP-0368 §3 merges _xmpps-server (direct TLS)
+ * and _xmpp-server records by priority, direct TLS first among equals;
+ * with no records at all, the domain itself on 5269 (RFC 6120 §3.2.2). */
+static void srv_all_done(struct s2s_link *l)
+{
+	l->nt = 0;
+	size_t i = 0, j = 0;
+	while (i < l->nsrv[0] || j < l->nsrv[1]) {
+		bool take_tls = j >= l->nsrv[1] ||
+				(i < l->nsrv[0] && l->srv[0][i].priority <= l->srv[1][j].priority);
+		const struct dns_srv *r = take_tls ? &l->srv[0][i++] : &l->srv[1][j++];
+		add_target(l, r->target, r->port, take_tls);
+	}
+	if (!l->nt) {
+		if (l->srv_none[0] && l->srv_none[1]) {
+			add_target(l, l->remote_ascii, S2S_PORT, false);
+		} else {
+			link_fail(l, false, "The remote domain has no XMPP service (DNS)");
+			return;
+		}
+	}
+	l->ti = 0;
+	l->na = l->ai = 0;
+	link_next_address(l);
+}
+
+static void srv_done(struct s2s_link *l, int which, int rc, const struct dns_srv *r, size_t n)
+{
+	l->dq[which] = NULL;
+	l->nsrv[which] = 0;
+	l->srv_none[which] = rc == DNS_NONE;
+	for (size_t i = 0; rc == DNS_OK && i < n && l->nsrv[which] < MAX_TARGETS; i++)
+		l->srv[which][l->nsrv[which]++] = r[i];
+	if (rc == DNS_BOGUS)
+		LOG(LOG_WARN, "s2s to %s: DNSSEC validation failed for its SRV records", l->remote);
+	if (--l->srv_left == 0)
+		srv_all_done(l);
+}
+
+static void srv_tls_done(void *ud, int rc, bool secure, const struct dns_srv *r, size_t n)
+{
+	(void)secure;
+	srv_done(ud, 0, rc, r, n);
+}
+
+static void srv_tcp_done(void *ud, int rc, bool secure, const struct dns_srv *r, size_t n)
+{
+	(void)secure;
+	srv_done(ud, 1, rc, r, n);
+}
+
+static void link_start(struct s2s_link *l)
+{
+	l->fail_text = NULL;
+	l->fail_timeout = false;
+	if (!sw(l->w)->dns) {
+		link_fail(l, false, "No DNS resolver");
+		return;
+	}
+	l->state = LS_RESOLVING;
+	loop_timer_set(l->w->loop, &l->deadline, SETUP_DEADLINE_MS);
+	char name[300];
+	l->srv_left = 2;
+	snprintf(name, sizeof(name), "_xmpps-server._tcp.%s", l->remote_ascii);
+	l->dq[0] = dns_srv(sw(l->w)->dns, name, srv_tls_done, l);
+	snprintf(name, sizeof(name), "_xmpp-server._tcp.%s", l->remote_ascii);
+	l->dq[1] = dns_srv(sw(l->w)->dns, name, srv_tcp_done, l);
+}
+
+static void out_send_verifies(struct s2s_link *l)
+{
+	struct s2s *s = l->s;
+	if (!s || !(s->flags & F_FEATURES))
+		return;
+	for (struct dbv *v = l->verifies; v; v = v->next) {
+		if (v->sent)
+			continue;
+		struct buf *b = out(s);
+		if (!b)
+			return;
+		buf_adds(b, "<db:verify from='");
+		xml_escape(b, v->local, strlen(v->local), true);
+		buf_adds(b, "' to='");
+		xml_escape(b, v->remote, strlen(v->remote), true);
+		buf_adds(b, "' id='");
+		xml_escape(b, v->id, strlen(v->id), true);
+		buf_adds(b, "'>");
+		xml_escape(b, v->key, strlen(v->key), false);
+		buf_adds(b, "</db:verify>");
+		v->sent = true;
+	}
+}
+
+static bool link_usable(struct s2s_link *l)
+{
+	if (l->fail_text && loop_now(l->w->loop) < l->retry_at)
+		return false;
+	if (l->state == LS_IDLE)
+		link_start(l);
+	return true;
+}
+
+/* On the owner worker: check a dialback key with the remote's
+ * authoritative server (XEP-0220 §2.3). */
+static void link_verify(struct dbv *v)
+{
+	struct s2s_link *l = link_find(worker_current(), v->local, v->remote, true);
+	v->next = l->verifies;
+	l->verifies = v;
+	if (!link_usable(l)) {
+		fail_verifies(l);
+		return;
+	}
+	out_send_verifies(l);
+}
+
+static void send_posted(void *arg)
+{
+	struct stanza *st = arg;
+	char local[JID_PART_MAX + 1], remote[JID_PART_MAX + 1];
+	snprintf(local, sizeof(local), "%.*s", (int)st->from.dom_len,
+		 st->from.s + st->from.dom_off);
+	snprintf(remote, sizeof(remote), "%.*s", (int)st->to.dom_len, st->to.s + st->to.dom_off);
+	struct s2s_link *l = link_find(worker_current(), local, remote, true);
+	if (!link_usable(l)) {
+		route_error(st,
+			    l->fail_timeout ? SE_REMOTE_SERVER_TIMEOUT : SE_REMOTE_SERVER_NOT_FOUND,
+			    l->fail_text);
+		return;
+	}
+	LOG(LOG_DEBUG, "s2s to %s: %s from %s to %s%s", remote, st->el->name, st->from.s, st->to.s,
+	    l->state == LS_READY ? "" : " (queued)");
+	if (l->state == LS_READY && l->s && (l->s->flags & F_READY)) {
+		struct buf *b = out(l->s);
+		if (b)
+			xml_serialize(st->el, NS_CLIENT, b);
+		l->s->last_io = loop_now(l->w->loop);
+		stanza_free(st);
+		return;
+	}
+	if (l->nq >= QUEUE_MAX || l->qbytes > QUEUE_BYTES_MAX) {
+		route_error(st, SE_RESOURCE_CONSTRAINT, "Too many stanzas waiting for that server");
+		return;
+	}
+	if (l->nq == l->capq) {
+		size_t cap = l->capq ? l->capq * 2 : 16;
+		struct stanza **q = realloc(l->q, cap * sizeof(*q));
+		if (!q)
+			die_oom();
+		l->q = q;
+		l->capq = cap;
+	}
+	l->q[l->nq++] = st;
+	l->qbytes += 512; /* an estimate; the count is the real bound */
+}
+
+void s2s_route(struct stanza *st)
+{
+	/* Only our own users' stanzas leave: the server is no open relay. */
+	if (!st->from.len || !host_find(st->from.s + st->from.dom_off, st->from.dom_len)) {
+		stanza_free(st);
+		return;
+	}
+	char remote[JID_PART_MAX + 1];
+	snprintf(remote, sizeof(remote), "%.*s", (int)st->to.dom_len, st->to.s + st->to.dom_off);
+	struct worker *w = &srv->workers[owner_of(remote)];
+	if (w == worker_current())
+		send_posted(st);
+	else
+		loop_post(w->loop, send_posted, st);
+}
+
+/* --- workers --- */
+
+int s2s_init(char *err, size_t errlen)
+{
+	trust = cert_trust_store(srv->cfg.s2s_ca_file, err, errlen);
+	return trust ? 0 : -1;
+}
+
+void s2s_worker_start(struct worker *w)
+{
+	struct s2s_worker *x = calloc(1, sizeof(*x));
+	if (!x)
+		die_oom();
+	w->s2s = x;
+	struct dns_conf dc = {
+	    .servers = (const char *const *)srv->cfg.dns_servers,
+	    .n_servers = srv->cfg.n_dns_servers,
+	    .trust_anchor_file = srv->cfg.dns_trust_anchor,
+	};
+	char err[256];
+	x->dns = dns_new(w->loop, &dc, err, sizeof(err));
+	if (!x->dns)
+		LOG(LOG_ERROR, "worker %u: no DNS resolver (%s): federation is off", w->idx, err);
+}
+
+size_t s2s_worker_streams(struct worker *w)
+{
+	return w->s2s ? sw(w)->n_streams : 0;
+}
+
+void s2s_worker_shutdown(struct worker *w)
+{
+	if (!w->s2s)
+		return;
+	for (struct s2s_link *l = sw(w)->links; l; l = l->next) {
+		cancel_dns(l);
+		loop_timer_cancel(w->loop, &l->deadline);
+		l->fail_text = "The server is shutting down";
+		l->retry_at = UINT64_MAX;
+		bounce_queue(l);
+		fail_verifies(l);
+	}
+	for (struct s2s *s = sw(w)->streams, *next; s; s = next) {
+		next = s->next;
+		stream_close(s, "system-shutdown", NULL);
+	}
+}
+
+void s2s_worker_abort(struct worker *w)
+{
+	if (!w->s2s)
+		return;
+	while (sw(w)->streams && sw(w)->streams->conn)
+		conn_abort(sw(w)->streams->conn);
+}
+
+void s2s_worker_done(struct worker *w)
+{
+	struct s2s_worker *x = w->s2s;
+	if (!x)
+		return;
+	while (x->streams)
+		stream_unref_free(x->streams);
+	while (x->links) {
+		struct s2s_link *l = x->links;
+		x->links = l->next;
+		cancel_dns(l);
+		for (size_t i = 0; i < l->nq; i++)
+			stanza_free(l->q[i]);
+		free(l->q);
+		while (l->verifies) {
+			struct dbv *v = l->verifies;
+			l->verifies = v->next;
+			free(v);
+		}
+		free(l);
+	}
+	if (x->dns)
+		dns_free(x->dns);
+	free(x);
+	w->s2s = NULL;
+}

@@ -1,0 +1,431 @@
+"""Federation between two Parley servers (RFC 6120 server-to-server, XEP-0178
+SASL EXTERNAL, XEP-0220 dialback, XEP-0368 direct TLS), each serving its own
+domain, found through DNS SRV records served by a local unbound
+(dns_testbed.DnsBed). Raw XML clients on both sides check that messages,
+presence subscriptions and IQs cross in both directions, and that every
+authentication decision is the one policy asks for."""
+import os
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import PARLEYCTL, PARLEYD, PASSWORD, free_port
+from dns_testbed import DnsBed
+from test_rfc6121_roster import C, Raw
+from test_rfc6121_subscription import online
+
+STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+class CA:
+    """A test certificate authority issuing server certificates with the
+    identities XMPP looks for (DNS-ID, and the SRV-ID _xmpp-server)."""
+
+    def __init__(self, d):
+        self.dir = d
+        self.cert = os.path.join(d, "ca.pem")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "30",
+                "-subj", "/CN=Parley test CA", cwd=d)
+
+    def issue(self, domain, out_dir, days=30, names=None, expired=False):
+        names = names or [domain]
+        key = os.path.join(out_dir, domain + ".key")
+        crt = os.path.join(out_dir, domain + ".crt")
+        csr = os.path.join(out_dir, domain + ".csr")
+        ext = os.path.join(out_dir, domain + ".ext")
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n"
+                    "subjectAltName=" + ",".join(f"DNS:{n}" for n in names) + "\n")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-out", csr, "-subj", f"/CN={names[0]}", cwd=out_dir)
+        args = ["x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey",
+                os.path.join(self.dir, "ca.key"), "-CAcreateserial", "-out", crt,
+                "-extfile", ext]
+        if expired:
+            # Valid for no time at all: not after == now, then we wait.
+            args += ["-days", "0"]
+        else:
+            args += ["-days", str(days)]
+        openssl(*args, cwd=out_dir)
+        # Key and certificate as parleyd wants them (the chain: leaf, CA).
+        with open(crt, "a") as f, open(self.cert) as ca:
+            f.write(ca.read())
+        return crt, key
+
+
+class FedServer:
+    """A parleyd serving `domain` with federation on (its own ports)."""
+
+    def __init__(self, root, domain, dns, cafile=None, extra="", self_signed=True):
+        self.domain = domain
+        self.dir = os.path.join(root, domain)
+        os.makedirs(self.dir, exist_ok=True)
+        self.c2s = free_port()
+        self.c2s_tls = free_port()
+        self.s2s = free_port()
+        self.s2s_tls = free_port()
+        self.conf = os.path.join(self.dir, "parley.conf")
+        self.log_path = os.path.join(self.dir, "parleyd.log")
+        self.cert = os.path.join(self.dir, domain + ".crt")
+        self.key = os.path.join(self.dir, domain + ".key")
+        self.cafile = None
+        if self_signed:
+            subprocess.run([PARLEYCTL, "cert", "generate", domain, "--dir", self.dir],
+                           check=True, capture_output=True)
+        lines = [f"log_level: debug", "workers: 2", 'interfaces: ["127.0.0.1"]',
+                 f"c2s_port: {self.c2s}", f"c2s_tls_port: {self.c2s_tls}",
+                 f"s2s_port: {self.s2s}", f"s2s_tls_port: {self.s2s_tls}", "http_port: 0",
+                 "scram_iterations: 4096", f'dns_servers: ["{dns.server}"]',
+                 f"dns_trust_anchor: {dns.trust_anchor}"]
+        if cafile:
+            lines.append(f"s2s_ca_file: {cafile}")
+        self.base = "\n".join(lines) + "\n"
+        self.extra = extra
+        self.proc = None
+
+    def write(self):
+        with open(self.conf, "w") as f:
+            f.write(self.base + self.extra + f"\nhosts:\n  - domain: {self.domain}\n"
+                    f"    certificate: {self.domain}.crt\n    key: {self.domain}.key\n")
+
+    def adduser(self, user):
+        self.write()
+        subprocess.run([PARLEYCTL, "--config", self.conf, "adduser", f"{user}@{self.domain}"],
+                       input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+
+    def records(self, host_ip="127.0.0.1", direct=True, starttls=True):
+        """SRV and A records for this server in its zone."""
+        d = self.domain
+        r = [f"{d}. 60 IN A {host_ip}"]
+        if starttls:
+            r.append(f"_xmpp-server._tcp.{d}. 60 IN SRV 10 5 {self.s2s} {d}.")
+        if direct:
+            r.append(f"_xmpps-server._tcp.{d}. 60 IN SRV 10 5 {self.s2s_tls} {d}.")
+        return r
+
+    def start(self):
+        self.write()
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PARLEYD, "--config", self.conf], stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+        import socket
+        end = time.time() + 15
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError("parleyd exited:\n" + self.log())
+            try:
+                socket.create_connection(("127.0.0.1", self.c2s), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("parleyd did not start:\n" + self.log())
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self):
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("parleyd did not stop\n" + self.log()[-3000:])
+        self.logf.close()
+        rc = self.proc.returncode
+        self.proc = None
+        log = self.log()
+        assert "ERROR: AddressSanitizer" not in log and "runtime error:" not in log, log[-5000:]
+        return rc
+
+
+@pytest.fixture
+def fed(tmp_path):
+    """Two servers, a.example and b.example, and a DNS bed; torn down after."""
+    made = []
+
+    def make(a_extra="", b_extra="", ca=False, a_direct=True, b_direct=True, a_starttls=True,
+             b_starttls=True, signed=False, b_cert=None):
+        root = str(tmp_path)
+        # Ports first, so that the records can name them.
+        holder = {}
+
+        class Late:
+            server = trust_anchor = None
+
+        authority = CA(root) if ca else None
+        a = FedServer(root, "a.example", Late, self_signed=not ca)
+        b = FedServer(root, "b.example", Late, self_signed=not ca)
+        if ca:
+            authority.issue("a.example", a.dir)
+            authority.issue("b.example", b.dir)
+        if b_cert:
+            b_cert(authority, b)
+        zone = a.records(direct=a_direct, starttls=a_starttls) + \
+            b.records(direct=b_direct, starttls=b_starttls)
+        dns = DnsBed(root, zones={"example": zone}, signed=signed)
+        holder["dns"] = dns
+        for s, extra in ((a, a_extra), (b, b_extra)):
+            s.base = s.base.replace("dns_servers: [\"None\"]", f'dns_servers: ["{dns.server}"]')
+            s.base = s.base.replace("dns_trust_anchor: None",
+                                    f"dns_trust_anchor: {dns.trust_anchor}")
+            if ca:
+                s.base += f"s2s_ca_file: {authority.cert}\n"
+                s.cafile = authority.cert
+            s.extra = extra
+            s.adduser("alice" if s is a else "bob")
+            s.adduser("carol" if s is a else "dave")
+            s.start()
+        made.extend([a, b, dns])
+        return a, b
+
+    yield make
+    errors = []
+    for x in made:
+        if isinstance(x, FedServer):
+            rc = x.stop()
+            if rc != 0:
+                errors.append(f"{x.domain} exited {rc}\n{x.log()[-3000:]}")
+        else:
+            x.stop()
+    assert not errors, "\n".join(errors)
+
+
+def chat(a, b):
+    """alice@a and bob@b exchange messages both ways."""
+    alice = Raw(a, "alice")
+    bob = Raw(b, "bob")
+    alice.send("<message to='bob@b.example/raw' type='chat' id='m1'><body>hi bob</body></message>")
+    m = bob.expect(lambda e: e.tag == C + "message", timeout=20, what="message from a.example")
+    assert m.get("from") == "alice@a.example/raw"
+    assert m.find(C + "body").text == "hi bob"
+    bob.send("<message to='alice@a.example/raw' type='chat' id='m2'><body>hi alice</body>"
+             "</message>")
+    m = alice.expect(lambda e: e.tag == C + "message", timeout=20, what="message from b.example")
+    assert m.get("from") == "bob@b.example/raw"
+    return alice, bob
+
+
+def test_dialback_over_tls_both_ways(fed):
+    """Self-signed certificates: SASL EXTERNAL is not possible, dialback
+    over TLS authenticates both directions (the default policy)."""
+    a, b = fed()
+    alice, bob = chat(a, b)
+    for s in (a, b):
+        log = s.log()
+        assert "authenticated by dialback" in log, log[-3000:]
+        assert "ready (dialback)" in log
+    # IQ both ways: alice pings b.example itself, bob asks a.example's version.
+    alice.send("<iq type='get' id='p1' to='b.example'><ping xmlns='urn:xmpp:ping'/></iq>")
+    r = alice.expect(lambda e: e.get("id") == "p1", timeout=10, what="ping answer")
+    assert r.get("type") == "result" and r.get("from") == "b.example"
+    bob.send("<iq type='get' id='v1' to='a.example'><query xmlns='jabber:iq:version'/></iq>")
+    r = bob.expect(lambda e: e.get("id") == "v1", timeout=10, what="version answer")
+    assert r.get("type") == "result", ET.tostring(r)
+
+
+def test_presence_subscription_across_servers(fed):
+    a, b = fed()
+    alice = online(a, "alice")
+    bob = online(b, "bob")
+    alice.send("<presence to='bob@b.example' type='subscribe'/>")
+    bob.expect_presence("alice@a.example", "subscribe", timeout=20)
+    bob.send("<presence to='alice@a.example' type='subscribed'/>")
+    alice.expect_presence("bob@b.example", "subscribed", timeout=20)
+    # Bob's current presence follows the approval (RFC 6121 §3.1.5).
+    alice.expect(lambda e: e.tag == C + "presence" and e.get("from") == "bob@b.example/raw"
+                 and e.get("type") is None, timeout=20, what="bob's presence")
+    roster = alice.roster_get()
+    item = roster.find("{jabber:iq:roster}query/{jabber:iq:roster}item[@jid='bob@b.example']")
+    assert item is not None and item.get("subscription") == "to", ET.tostring(roster)
+
+
+def test_sasl_external_with_ca_certificates(fed):
+    a, b = fed(ca=True)
+    chat(a, b)
+    for s in (a, b):
+        log = s.log()
+        assert "authenticated by SASL EXTERNAL" in log, log[-3000:]
+        assert "ready (SASL EXTERNAL)" in log
+
+
+def test_direct_tls_only(fed):
+    """Only _xmpps-server records (XEP-0368): TLS from the first byte."""
+    a, b = fed(a_starttls=False, b_starttls=False)
+    chat(a, b)
+    assert "(direct TLS)" in a.log() + b.log()
+
+
+def test_starttls_only(fed):
+    a, b = fed(a_direct=False, b_direct=False)
+    chat(a, b)
+
+
+def test_secure_domain_refuses_dialback(fed):
+    """b.example must show a valid certificate; its is self-signed, so a's
+    messages to it bounce and its dialback is refused."""
+    a, b = fed(a_extra='s2s_secure_domains: ["b.example"]\n')
+    alice = Raw(a, "alice")
+    alice.send("<message to='bob@b.example' type='chat' id='x1'><body>no</body></message>")
+    e = alice.expect(lambda e: e.get("id") == "x1", timeout=30, what="bounce")
+    assert e.get("type") == "error"
+    assert e.find(C + "error/" + STANZAS + "remote-server-not-found") is not None, \
+        ET.tostring(e)
+    assert "dialback not allowed" in a.log()
+    bob = Raw(b, "bob")
+    bob.send("<message to='alice@a.example' type='chat' id='x2'><body>no</body></message>")
+    e = bob.expect(lambda e: e.get("id") == "x2", timeout=30, what="bounce")
+    assert e.get("type") == "error"
+    assert "dialback refused by policy" in a.log()
+
+
+def test_no_federation_without_tls(fed):
+    """Dialback off and no valid certificate: nothing authenticates."""
+    a, b = fed(a_extra="s2s_dialback: false\n")
+    alice = Raw(a, "alice")
+    alice.send("<message to='bob@b.example' type='chat' id='x1'><body>no</body></message>")
+    e = alice.expect(lambda e: e.get("id") == "x1", timeout=30, what="bounce")
+    assert e.get("type") == "error"
+
+
+def test_unknown_domain_bounces(fed):
+    a, b = fed()
+    alice = Raw(a, "alice")
+    alice.send("<message to='x@nowhere.example' type='chat' id='n1'><body>?</body></message>")
+    e = alice.expect(lambda e: e.get("id") == "n1", timeout=30, what="bounce")
+    assert e.get("type") == "error"
+    assert e.find(C + "error/" + STANZAS + "remote-server-not-found") is not None, \
+        ET.tostring(e)
+
+
+S2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+              "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+              "from='{frm}' to='{to}' version='1.0'>")
+
+
+def fake_peer(server, frm, tls=True):
+    """A raw incoming s2s stream to server claiming to be `frm`."""
+    import socket
+    import ssl
+    from conftest import recv_until
+    s = socket.create_connection(("127.0.0.1", server.s2s), timeout=10)
+    s.sendall(S2S_HEADER.format(frm=frm, to=server.domain).encode())
+    feats = recv_until(s, b"</stream:features>")
+    assert b"<required/>" in feats, feats  # STARTTLS is mandatory
+    if not tls:
+        return s, feats
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert b"<proceed" in recv_until(s, b"/>")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    t = ctx.wrap_socket(s, server_hostname=server.domain)
+    t.sendall(S2S_HEADER.format(frm=frm, to=server.domain).encode())
+    feats = recv_until(t, b"</stream:features>")
+    return t, feats
+
+
+def test_forged_dialback_key_is_refused(fed):
+    """Someone claims to be b.example with a made-up key: a.example asks
+    b.example's authoritative server, which says invalid."""
+    from conftest import recv_until
+    a, b = fed()
+    t, feats = fake_peer(a, "b.example")
+    assert b"urn:xmpp:features:dialback" in feats
+    assert b"EXTERNAL" not in feats  # no certificate for b.example
+    t.sendall(b"<db:result from='b.example' to='a.example'>" + b"0" * 64 + b"</db:result>")
+    got = recv_until(t, b"/>", timeout=20)
+    assert b"type='invalid'" in got, got
+    # And nothing may be sent as b.example on this stream.
+    t.sendall(b"<message from='bob@b.example' to='alice@a.example'><body>x</body></message>")
+    got = recv_until(t, b"</stream:stream>", timeout=10)
+    assert b"<invalid-from" in got, got
+    assert "dialback key invalid" in a.log()
+
+
+def test_stanza_from_unauthenticated_domain_is_refused(fed):
+    """Authenticated as b.example (real dialback), a stanza from c.example
+    on the same stream ends it with invalid-from (RFC 6120 §4.9.3.9)."""
+    from conftest import recv_until
+    a, b = fed()
+    # Let b.example authenticate to a.example for real first.
+    chat(a, b)
+    t, feats = fake_peer(a, "evil.example")
+    t.sendall(b"<message from='mallory@b.example' to='alice@a.example'><body>x</body>"
+              b"</message>")
+    got = recv_until(t, b"</stream:stream>", timeout=10)
+    assert b"<invalid-from" in got, got
+
+
+def test_no_dialback_before_tls(fed):
+    from conftest import recv_until
+    a, b = fed()
+    s, feats = fake_peer(a, "b.example", tls=False)
+    assert b"urn:xmpp:features:dialback" not in feats  # only STARTTLS in the clear
+    s.sendall(b"<db:result from='b.example' to='a.example'>" + b"0" * 64 + b"</db:result>")
+    got = recv_until(s, b"</stream:stream>", timeout=10)
+    assert b"<policy-violation" in got, got
+
+
+def test_peer_without_tls_is_refused(tmp_path):
+    """A peer whose stream offers no STARTTLS: refused, with a log line
+    that says so, and the sender gets its message back."""
+    import socket
+    import threading
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    port = lsock.getsockname()[1]
+    stop = threading.Event()
+
+    def plain_server():
+        lsock.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except socket.timeout:
+                continue
+            c.settimeout(5)
+            try:
+                c.recv(4096)
+                c.sendall(b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+                          b"xmlns:stream='http://etherx.jabber.org/streams' id='x1' "
+                          b"from='plain.example' version='1.0'><stream:features>"
+                          b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+                c.recv(4096)
+            except OSError:
+                pass
+            c.close()
+
+    th = threading.Thread(target=plain_server)
+    th.start()
+    dns = DnsBed(str(tmp_path), zones={"example": [
+        f"_xmpp-server._tcp.plain.example. 60 IN SRV 0 5 {port} plain.example.",
+        "plain.example. 60 IN A 127.0.0.1"]})
+    a = FedServer(str(tmp_path), "a.example", dns)
+    try:
+        a.adduser("alice")
+        a.start()
+        alice = Raw(a, "alice")
+        alice.send("<message to='x@plain.example' type='chat' id='p1'><body>?</body></message>")
+        e = alice.expect(lambda e: e.get("id") == "p1", timeout=30, what="bounce")
+        assert e.get("type") == "error", ET.tostring(e)
+        assert "offers no TLS; refused" in a.log()
+    finally:
+        stop.set()
+        th.join()
+        lsock.close()
+        assert a.stop() == 0
+        dns.stop()
