@@ -75,17 +75,17 @@ struct xmlstream {
 
 	/* Positions are byte indexes since the last reset, as expat counts
 	 * them (XML_GetCurrentByteIndex). */
-	size_t fed;	       /* bytes handed to expat */
-	size_t feed_base;      /* index of the first byte of the current feed call */
-	size_t mark;	       /* end of the last event outside a top-level element */
-	size_t stanza_start;   /* '<' of the open top-level element */
-	size_t seen;	       /* end of the last event expat reported */
+	size_t fed;	     /* bytes handed to expat */
+	size_t feed_base;    /* index of the first byte of the current feed call */
+	size_t mark;	     /* end of the last event outside a top-level element */
+	size_t stanza_start; /* '<' of the open top-level element */
+	size_t seen;	     /* end of the last event expat reported */
 	/* The last bytes handed to expat before the current piece, which a
 	 * syntax error's text may begin in (text_before_error()). */
 	unsigned char tail[TAIL_BYTES];
 	size_t tail_len, tail_end; /* tail holds the bytes before tail_end */
-	unsigned char lead[2]; /* first bytes of the stream, for check_lead() */
-	bool held;	       /* a stream's lone first byte, held until the second comes */
+	unsigned char lead[2];	   /* first bytes of the stream, for check_lead() */
+	bool held;		   /* a stream's lone first byte, held until the second comes */
 	unsigned char held_byte;
 
 	enum xs_root root;
@@ -99,6 +99,7 @@ struct xmlstream {
 	struct xs_frame *frames;
 	unsigned nframes, frames_cap;
 	struct buf text; /* text not yet added to the tree: expat splits it */
+	struct buf hold; /* input kept back from expat (feed_or_hold()) */
 
 	bool in_cb;	 /* inside a user callback */
 	bool pause_req;	 /* xmlstream_pause() called from a callback */
@@ -572,6 +573,7 @@ void xmlstream_free(struct xmlstream *xs)
 	mem_owner = NULL;
 	drop_partial(xs);
 	buf_free(&xs->text);
+	buf_free(&xs->hold);
 	free(xs->frames);
 	free(xs);
 }
@@ -598,6 +600,7 @@ void xmlstream_reset(struct xmlstream *xs)
 	ASSERT(ok);
 	install(xs);
 	drop_partial(xs);
+	buf_free(&xs->hold);
 	xs->fed = 0;
 	xs->feed_base = 0;
 	xs->mark = 0;
@@ -701,7 +704,8 @@ static size_t text_len_of(const unsigned char *p, size_t n)
 			size_t len = 1;
 			if (i + 1 < n && p[i + 1] == '#') {
 				bool hex = i + 2 < n && p[i + 2] == 'x';
-				unsigned long cp = strtoul((const char *)p + i + 2 + hex, NULL, hex ? 16 : 10);
+				unsigned long cp =
+				    strtoul((const char *)p + i + 2 + hex, NULL, hex ? 16 : 10);
 				len = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
 			}
 			out += len;
@@ -748,7 +752,8 @@ static void text_before_error(struct xmlstream *xs, const char *piece, size_t pi
 		size_t head = (to < xs->tail_end ? to : xs->tail_end) - from;
 		memcpy(copy, xs->tail + (from - tail_start), head);
 		if (to > xs->tail_end)
-			memcpy(copy + head, piece + (xs->tail_end - piece_start), to - xs->tail_end);
+			memcpy(copy + head, piece + (xs->tail_end - piece_start),
+			       to - xs->tail_end);
 		run = copy;
 	}
 	size_t n = to - from;
@@ -822,8 +827,47 @@ static bool check_lead(struct xmlstream *xs, const char *p, size_t n)
 
 static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len);
 
+/* Expat 2.5 starts an unfinished token (a start tag with long attribute
+ * values, say) from its beginning again on every call, so a peer that
+ * sends a big tag a byte at a time makes it scan n^2/2 bytes
+ * (CVE-2023-52425; found by tests/integration/test_hostile_xml.py: 64 KiB
+ * took seconds of CPU). Expat 2.6's own cure, reparse deferral, can leave
+ * a complete stanza waiting for bytes that never come, so we defer
+ * ourselves, where no such wait is possible: no token but text ends
+ * without a '>', so input without one is held back while the unfinished
+ * part is long and the held bytes are fewer than it. Text runs are
+ * reported as they come and never count as unfinished. Held input is fed,
+ * in order, before the next piece that has a '>' or once it has grown to
+ * the unfinished part's size: each byte is then scanned a bounded number
+ * of times. Nothing can pause inside held input (pauses follow element
+ * ends, which need a '>'), so callers still see all of it consumed. */
+#define HOLD_MIN 4096
+
+static bool should_hold(const struct xmlstream *xs, const char *data, size_t len)
+{
+	if (xs->root != ROOT_OPEN || xs->suspended || xs->err)
+		return false;
+	size_t last = xs->seen > xs->mark ? xs->seen : xs->mark;
+	size_t tail = xs->fed - last + buf_pending(&xs->hold);
+	return tail >= HOLD_MIN && buf_pending(&xs->hold) + len < tail - buf_pending(&xs->hold) &&
+	       !memchr(data, '>', len);
+}
+
 ssize_t xmlstream_feed(struct xmlstream *xs, const char *data, size_t len)
 {
+	if (should_hold(xs, data, len)) {
+		buf_add(&xs->hold, data, len);
+		return (ssize_t)len;
+	}
+	if (buf_pending(&xs->hold)) {
+		struct buf h = xs->hold;
+		xs->hold = (struct buf)BUF_INIT;
+		ssize_t r = feed_bytes(xs, buf_head(&h), buf_pending(&h));
+		ASSERT(r < 0 || (size_t)r == buf_pending(&h) || xs->err);
+		buf_free(&h);
+		if (r < 0)
+			return -1;
+	}
 	/* Whitespace before a stream's first byte (between elements, RFC 6120
 	 * §11.7 allows it) is not part of the new document: clients write a
 	 * newline after </auth> or </response> and then restart the stream
@@ -920,7 +964,8 @@ static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len)
 		if (n > MAX_PIECE)
 			n = MAX_PIECE;
 		xs->fed += n;
-		rc = parse_result(xs, XML_Parse(xs->p, data + done, (int)n, XML_FALSE), data + done, n);
+		rc = parse_result(xs, XML_Parse(xs->p, data + done, (int)n, XML_FALSE), data + done,
+				  n);
 		if (rc <= 0)
 			goto out;
 		done += n;

@@ -550,6 +550,38 @@ static void test_structure_limits(void **state)
 	expect_error(HDR "<a><b><c/><c/><c/><c/></b></a>", XS_ERR_POLICY, &l);
 }
 
+/* A long start tag fed a byte at a time is held back from expat until a
+ * '>' comes or the held part has grown (should_hold()): same events, same
+ * verdicts, and the tag's end is never left waiting. */
+static void test_long_tag_held(void **state)
+{
+	(void)state;
+	struct buf in = BUF_INIT;
+	buf_adds(&in, HDR "<a x='");
+	for (int i = 0; i < 20000; i++)
+		buf_addc(&in, 'y');
+	buf_adds(&in, "' z='1'>text</a>");
+	buf_addc(&in, '\0');
+	expect_ok(buf_head(&in), &big);
+	struct xs_limits l = big;
+	l.max_attr_len = 10000;
+	expect_error(buf_head(&in), XS_ERR_POLICY, &l);
+	l = big;
+	l.max_stanza_bytes = 8192;
+	expect_error(buf_head(&in), XS_ERR_POLICY, &l);
+	/* The final '>' alone, in its own read, completes the element. */
+	struct rec r;
+	size_t n = strlen(buf_head(&in));
+	rec_init(&r, &big);
+	assert_int_equal(drive(&r, buf_head(&in), n - 8, 1), 0);
+	assert_null(strstr(buf_head(&r.log) ? buf_head(&r.log) : "", "<{jabber:client}a"));
+	assert_int_equal(drive(&r, buf_head(&in) + n - 8, 8, 8), 0);
+	buf_addc(&r.log, '\0');
+	assert_non_null(strstr(buf_head(&r.log), "<{jabber:client}a"));
+	rec_done(&r);
+	buf_free(&in);
+}
+
 static void test_bad_utf8(void **state)
 {
 	(void)state;
@@ -696,8 +728,9 @@ int main(void)
 	    cmocka_unit_test(test_restricted),	   cmocka_unit_test(test_encoding),
 	    cmocka_unit_test(test_invalid_ns),	   cmocka_unit_test(test_stanza_limit),
 	    cmocka_unit_test(test_header_limit),   cmocka_unit_test(test_structure_limits),
-	    cmocka_unit_test(test_bad_utf8),	   cmocka_unit_test(test_memory_bounded),
-	    cmocka_unit_test(test_memory_cap),	   cmocka_unit_test(test_set_limits),
+	    cmocka_unit_test(test_bad_utf8),	   cmocka_unit_test(test_long_tag_held),
+	    cmocka_unit_test(test_memory_bounded), cmocka_unit_test(test_memory_cap),
+	    cmocka_unit_test(test_set_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
