@@ -1,0 +1,229 @@
+"""Federation with Prosody (Debian's 0.12), the most deployed XMPP server:
+Parley serves a.example, Prosody p.example, each found by the other through
+SRV records of a local DNS bed (Prosody through lua-unbound, forwarding to
+it). Messages, presence subscriptions and IQs cross both ways, with
+certificate authentication (SASL EXTERNAL, both trusting a test CA) and with
+dialback (each refusing the other's certificate)."""
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import PASSWORD, free_port
+from dns_testbed import DnsBed
+from test_rfc6121_roster import C, Raw
+from test_s2s_federation import CA, FedServer
+from xmpp_client import Client
+
+PROSODY = shutil.which("prosody")
+PROSODYCTL = shutil.which("prosodyctl")
+
+
+class Prosody:
+    def __init__(self, root, domain, dns, ca, trust_ca):
+        self.domain = domain
+        self.dir = os.path.join(root, "prosody")
+        os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
+        self.c2s = free_port()
+        self.s2s = free_port()
+        self.s2s_tls = free_port()
+        self.cert, self.key = ca.issue(domain, self.dir)
+        self.cafile = ca.cert
+        self.conf = os.path.join(self.dir, "prosody.cfg.lua")
+        self.log_path = os.path.join(self.dir, "prosody.log")
+        d = self.dir
+        trust = f'cafile = "{ca.cert}";' if trust_ca else 'capath = "/nonexistent";'
+        with open(self.conf, "w") as f:
+            f.write(f"""-- written by tests/integration/test_s2s_interop.py
+run_as_root = true
+daemonize = false
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+log = {{ debug = "{self.log_path}" }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {self.c2s} }}
+c2s_direct_tls_ports = {{ }}
+s2s_ports = {{ {self.s2s} }}
+s2s_direct_tls_ports = {{ {self.s2s_tls} }}
+http_ports = {{ }}
+https_ports = {{ }}
+component_ports = {{ }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version";
+	"posix" }}
+modules_disabled = {{ "offline"; "c2s_limits"; "s2s_bidi" }}
+authentication = "internal_hashed"
+storage = "internal"
+c2s_require_encryption = true
+s2s_require_encryption = true
+s2s_secure_auth = {"true" if trust_ca else "false"}
+unbound = {{ resolvconf = false; hoststxt = false; forward = "{dns.server}" }}
+ssl = {{ certificate = "{self.cert}"; key = "{self.key}"; {trust} }}
+VirtualHost "{domain}"
+""")
+        self.proc = None
+
+    def adduser(self, user):
+        subprocess.run([PROSODYCTL, "--config", self.conf, "register", user, self.domain,
+                        PASSWORD], check=True, capture_output=True)
+
+    def start(self):
+        self.proc = subprocess.Popen([PROSODY, "-F", "--config", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        end = time.time() + 20
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError("prosody exited:\n" + self.log()[-3000:])
+            try:
+                socket.create_connection(("127.0.0.1", self.c2s), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("prosody did not start:\n" + self.log()[-3000:])
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Parley (a.example) and Prosody (p.example) with a DNS bed."""
+    assert PROSODY and PROSODYCTL, "prosody is not installed: scripts/deps.sh test"
+    made = []
+
+    def make(certs):
+        root = str(tmp_path)
+        ca = CA(root)
+
+        class Late:
+            server = trust_anchor = None
+
+        a = FedServer(root, "a.example", Late, self_signed=False)
+        ca.issue("a.example", a.dir)
+        a.cafile = ca.cert
+        # Ports are known now; the bed can name them.
+        p_ports = {"s2s": free_port(), "s2s_tls": free_port()}
+        zone = a.records() + [
+            "p.example. 60 IN A 127.0.0.1",
+            f"_xmpp-server._tcp.p.example. 60 IN SRV 10 5 {p_ports['s2s']} p.example.",
+            f"_xmpps-server._tcp.p.example. 60 IN SRV 10 5 {p_ports['s2s_tls']} p.example."]
+        dns = DnsBed(root, zones={"example": zone})
+        made.append(dns)
+        p = Prosody(root, "p.example", dns, ca, trust_ca=certs)
+        # The ports named in DNS.
+        p.s2s, p.s2s_tls = p_ports["s2s"], p_ports["s2s_tls"]
+        with open(p.conf) as f:
+            conf = f.read()
+        import re
+        conf = re.sub(r"s2s_ports = \{ \d+ \}", f"s2s_ports = {{ {p.s2s} }}", conf)
+        conf = re.sub(r"s2s_direct_tls_ports = \{ \d+ \}",
+                      f"s2s_direct_tls_ports = {{ {p.s2s_tls} }}", conf)
+        with open(p.conf, "w") as f:
+            f.write(conf)
+        a.base = a.base.replace('dns_servers: ["None"]', f'dns_servers: ["{dns.server}"]')
+        a.base = a.base.replace("dns_trust_anchor: None", f"dns_trust_anchor: {dns.trust_anchor}")
+        if certs:
+            a.base += f"s2s_ca_file: {ca.cert}\n"
+        a.adduser("alice")
+        p.adduser("pat")
+        a.start()
+        made.append(a)
+        p.start()
+        made.append(p)
+        return a, p
+
+    yield make
+    for x in reversed(made):
+        if isinstance(x, FedServer):
+            assert x.stop() == 0
+        else:
+            x.stop()
+
+
+async def pat_client(p):
+    c = Client(f"pat@{p.domain}/t", PASSWORD, cafile=p.cafile, mech="PLAIN")
+    ok = await c.login(p.c2s)
+    assert ok, "pat could not log in to Prosody:\n" + p.log()[-2000:]
+    await c.get_roster()  # an interested resource gets subscription stanzas (RFC 6121)
+    return c
+
+
+async def next_message(c, timeout=20):
+    return await asyncio.wait_for(c.messages.get(), timeout)
+
+
+def run_exchange(a, p):
+    async def go():
+        pat = await pat_client(p)
+        alice = Raw(a, "alice")
+        alice.presence()
+        try:
+            alice.send("<message to='pat@p.example' type='chat'><body>hello prosody</body>"
+                       "</message>")
+            m = await next_message(pat)
+            assert m["body"] == "hello prosody" and m["from"].bare == "alice@a.example"
+            pat.send_message(mto="alice@a.example/raw", mbody="hello parley", mtype="chat")
+            got = await asyncio.get_event_loop().run_in_executor(
+                None, lambda: alice.expect(lambda e: e.tag == C + "message", timeout=20,
+                                           what="message from Prosody"))
+            assert got.find(C + "body").text == "hello parley"
+            assert got.get("from") == "pat@p.example/t"
+            # IQ: alice pings Prosody's domain; pat asks Parley's version.
+            alice.send("<iq type='get' id='pp' to='p.example'><ping xmlns='urn:xmpp:ping'/></iq>")
+            r = await asyncio.get_event_loop().run_in_executor(
+                None, lambda: alice.expect(lambda e: e.get("id") == "pp", timeout=20,
+                                           what="ping answer from Prosody"))
+            assert r.get("type") == "result"
+            v = await pat["xep_0092"].get_version("a.example", timeout=20)
+            assert v["software_version"]["name"] == "Parley", v
+            # A subscription from Prosody's user, approved on Parley.
+            approved = asyncio.get_event_loop().create_future()
+            pat.add_event_handler("presence_subscribed",
+                                  lambda pr: approved.done() or approved.set_result(pr))
+            pat.send_presence(pto="alice@a.example", ptype="subscribe")
+            req = await asyncio.get_event_loop().run_in_executor(
+                None, lambda: alice.expect(lambda e: e.tag == C + "presence" and
+                                           e.get("type") == "subscribe", timeout=20,
+                                           what="subscription request from Prosody"))
+            assert req.get("from") == "pat@p.example"
+            alice.send("<presence to='pat@p.example' type='subscribed'/>")
+            pr = await asyncio.wait_for(approved, 20)
+            assert pr["from"].bare == "alice@a.example"
+            # Prosody's roster says 'to' now (RFC 6121 §3.1.6).
+            await pat.get_roster()
+            assert pat.client_roster["alice@a.example"]["subscription"] == "to"
+        finally:
+            await pat.close()
+    asyncio.run(go())
+
+
+def test_prosody_with_certificates(pair):
+    a, p = pair(certs=True)
+    run_exchange(a, p)
+    log = a.log()
+    assert "s2s from p.example to a.example: authenticated by SASL EXTERNAL" in log, log[-4000:]
+    assert "ready (SASL EXTERNAL)" in log, log[-4000:]
+
+
+def test_prosody_with_dialback(pair):
+    a, p = pair(certs=False)
+    run_exchange(a, p)
+    log = a.log()
+    assert "authenticated by dialback" in log, log[-4000:]
+    assert "ready (dialback)" in log, log[-4000:]
