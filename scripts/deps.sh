@@ -12,7 +12,7 @@ build_pkgs=(gcc pkg-config meson ninja-build libssl-dev libexpat1-dev libsqlite3
 	libidn2-dev libicu-dev libyaml-dev libunbound-dev libevent-dev nettle-dev dns-root-data)
 test_pkgs=(libcmocka-dev python3-pytest python3-slixmpp python3-aioxmpp openssl testssl.sh
 	clang libclang-rt-14-dev valgrind python3-nbxmpp go-sendxmpp
-	unbound ldnsutils)
+	unbound ldnsutils prosody lua-unbound)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-build}" = test ]; then
@@ -34,7 +34,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "Installing: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# Servers installed for the tests (prosody, unbound) must not start as
+# system services and take ports: policy-rc.d tells invoke-rc.d not to.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+	printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+	chmod 755 /usr/sbin/policy-rc.d
+	trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 if ! apt-get install -y -q "${missing[@]}" >/dev/null 2>&1; then
 	apt-get update -q >/dev/null
 	apt-get install -y -q "${missing[@]}" >/dev/null
 fi
+
