@@ -10,9 +10,9 @@ set -euo pipefail
 # dns-root-data holds the DNSSEC root trust anchor (the default dns_trust_anchor).
 build_pkgs=(gcc pkg-config meson ninja-build libssl-dev libexpat1-dev libsqlite3-dev
 	libidn2-dev libicu-dev libyaml-dev libunbound-dev libevent-dev nettle-dev dns-root-data)
-test_pkgs=(libcmocka-dev python3-pytest python3-slixmpp python3-aioxmpp openssl testssl.sh
+test_pkgs=(libcmocka-dev libxml2-dev python3-pytest python3-slixmpp python3-aioxmpp openssl testssl.sh
 	clang libclang-rt-14-dev valgrind python3-nbxmpp go-sendxmpp
-	unbound ldnsutils prosody lua-unbound)
+	unbound ldnsutils prosody lua-unbound ejabberd)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-build}" = test ]; then

@@ -1,9 +1,11 @@
-"""Federation with Prosody (Debian's 0.12), the most deployed XMPP server:
-Parley serves a.example, Prosody p.example, each found by the other through
-SRV records of a local DNS bed (Prosody through lua-unbound, forwarding to
-it). Messages, presence subscriptions and IQs cross both ways, with
-certificate authentication (SASL EXTERNAL, both trusting a test CA) and with
-dialback (each refusing the other's certificate)."""
+"""Federation with the servers people run today, from Debian: Prosody 0.12
+and ejabberd 23.01. Parley serves a.example, the peer p.example or
+e.example, each found by the other through SRV records of a local DNS bed
+(Prosody through lua-unbound forwarding to it, ejabberd through an Erlang
+inetrc). Messages and IQs cross both ways (with Prosody a presence
+subscription too), with certificate authentication (SASL EXTERNAL, both
+trusting a test CA) and with dialback (each refusing the other's
+certificate)."""
 import asyncio
 import os
 import shutil
@@ -227,3 +229,197 @@ def test_prosody_with_dialback(pair):
     log = a.log()
     assert "authenticated by dialback" in log, log[-4000:]
     assert "ready (dialback)" in log, log[-4000:]
+
+
+EJABBERDCTL = shutil.which("ejabberdctl")
+
+
+class Ejabberd:
+    """ejabberd 23.01 from Debian, serving `domain`, resolving through the
+    DNS bed (Erlang's inet_res, pointed at it by an inetrc file)."""
+
+    def __init__(self, root, domain, dns, ca, trust_ca, s2s_port):
+        import tempfile
+        self.domain = domain
+        # ejabberd runs as its own user, which cannot enter pytest's private
+        # temporary directories: a world-readable one of its own.
+        self.dir = tempfile.mkdtemp(prefix="parley-ejabberd-")
+        os.chmod(self.dir, 0o755)
+        for sub in ("spool", "logs"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        self.c2s = free_port()
+        self.s2s = s2s_port
+        crt, key = ca.issue(domain, self.dir)
+        self.cafile = ca.cert
+        self.pem = os.path.join(self.dir, domain + ".pem")
+        with open(self.pem, "w") as out, open(key) as k, open(crt) as c:
+            out.write(k.read() + c.read())
+        host, port = dns.server.split("@")
+        inetrc = os.path.join(self.dir, "inetrc")
+        with open(inetrc, "w") as f:
+            # resolv_conf first: read later, it would replace the nameserver.
+            f.write('{resolv_conf, "/dev/null"}.\n{hosts_file, "/dev/null"}.\n'
+                    f"{{nameserver, {{{host.replace('.', ',')}}}, {port}}}.\n"
+                    "{lookup, [dns]}.\n")
+        # Without our CA it trusts only the system's, so our certificate fails
+        # and dialback is what is left.
+        shutil.copy(ca.cert, os.path.join(self.dir, "ca.pem"))
+        ca_file = os.path.join(self.dir, "ca.pem") if trust_ca else \
+            "/etc/ssl/certs/ca-certificates.crt"
+        self.conf = os.path.join(self.dir, "ejabberd.yml")
+        with open(self.conf, "w") as f:
+            f.write(f"""# written by tests/integration/test_s2s_interop.py
+hosts: [{domain}]
+loglevel: info
+certfiles: ["{self.pem}"]
+ca_file: "{ca_file}"
+s2s_use_starttls: required
+listen:
+  - {{port: {self.c2s}, ip: "127.0.0.1", module: ejabberd_c2s, starttls_required: true}}
+  - {{port: {self.s2s}, ip: "127.0.0.1", module: ejabberd_s2s_in}}
+auth_method: internal
+acl:
+  local: {{user_regexp: ""}}
+access_rules:
+  c2s: {{allow: all}}
+  s2s: {{allow: all}}
+s2s_access: s2s
+modules:
+  mod_roster: {{}}
+  mod_disco: {{}}
+  mod_ping: {{}}
+  mod_version: {{}}
+  mod_s2s_dialback: {{}}
+""")
+        self.ctl_conf = os.path.join(self.dir, "ejabberdctl.cfg")
+        with open(self.ctl_conf, "w") as f:
+            f.write(f"EJABBERD_PID_PATH={self.dir}/ejabberd.pid\n")
+        subprocess.run(["chown", "-R", "ejabberd:", self.dir], check=False)
+        self.node = f"ptest{os.getpid()}@localhost"
+        # --config-dir: ejabberdctl points ERL_INETRC at <config-dir>/inetrc.
+        self.cmd = [EJABBERDCTL, "--config-dir", self.dir, "--config", self.conf,
+                    "--ctl-config", self.ctl_conf,
+                    "--spool", os.path.join(self.dir, "spool"), "--logs",
+                    os.path.join(self.dir, "logs"), "--node", self.node]
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(self.cmd + ["foreground"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        end = time.time() + 60
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError("ejabberd exited:\n" + self.log()[-3000:])
+            try:
+                socket.create_connection(("127.0.0.1", self.c2s), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("ejabberd did not start:\n" + self.log()[-3000:])
+
+    def adduser(self, user):
+        subprocess.run(self.cmd + ["register", user, self.domain, PASSWORD], check=True,
+                       capture_output=True, timeout=60)
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "logs", "ejabberd.log"), "rb") as f:
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self):
+        subprocess.run(self.cmd + ["stop"], capture_output=True, timeout=60)
+        if self.proc:
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(["pkill", "-f", f"beam.*{self.node}"], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ejpair(tmp_path):
+    assert EJABBERDCTL, "ejabberd is not installed: scripts/deps.sh test"
+    made = []
+
+    def make(certs):
+        root = str(tmp_path)
+        ca = CA(root)
+
+        class Late:
+            server = trust_anchor = None
+
+        a = FedServer(root, "a.example", Late, self_signed=False)
+        ca.issue("a.example", a.dir)
+        a.cafile = ca.cert
+        e_s2s = free_port()
+        # ejabberd looks SRV records up with Erlang's resolver (pointed at the
+        # bed) but the target's address with getaddrinfo (the system's, which
+        # does not know the bed): so Parley's SRV target is its IP literal.
+        zone = [f"_xmpp-server._tcp.a.example. 60 IN SRV 10 5 {a.s2s} 127.0.0.1.",
+                f"_xmpps-server._tcp.a.example. 60 IN SRV 10 5 {a.s2s_tls} 127.0.0.1."] + [
+            "e.example. 60 IN A 127.0.0.1",
+            f"_xmpp-server._tcp.e.example. 60 IN SRV 10 5 {e_s2s} e.example."]
+        dns = DnsBed(root, zones={"example": zone})
+        made.append(dns)
+        e = Ejabberd(root, "e.example", dns, ca, trust_ca=certs, s2s_port=e_s2s)
+        a.base = a.base.replace('dns_servers: ["None"]', f'dns_servers: ["{dns.server}"]')
+        a.base = a.base.replace("dns_trust_anchor: None", f"dns_trust_anchor: {dns.trust_anchor}")
+        if certs:
+            a.base += f"s2s_ca_file: {ca.cert}\n"
+        a.adduser("alice")
+        a.start()
+        made.append(a)
+        e.start()
+        made.append(e)
+        e.adduser("eve")
+        return a, e
+
+    yield make
+    for x in reversed(made):
+        if isinstance(x, FedServer):
+            assert x.stop() == 0
+        else:
+            x.stop()
+
+
+def run_exchange_ej(a, e):
+    async def go():
+        eve = Client(f"eve@{e.domain}/t", PASSWORD, cafile=e.cafile, mech="PLAIN")
+        ok = await eve.login(e.c2s)
+        assert ok, "eve could not log in to ejabberd:\n" + e.log()[-2000:]
+        await eve.get_roster()
+        alice = Raw(a, "alice")
+        alice.presence()
+        loop = asyncio.get_event_loop()
+        try:
+            alice.send("<message to='eve@e.example' type='chat'><body>hello ejabberd</body>"
+                       "</message>")
+            m = await next_message(eve, timeout=30)
+            assert m["body"] == "hello ejabberd" and m["from"].bare == "alice@a.example"
+            eve.send_message(mto="alice@a.example/raw", mbody="hello parley", mtype="chat")
+            got = await loop.run_in_executor(
+                None, lambda: alice.expect(lambda x: x.tag == C + "message", timeout=30,
+                                           what="message from ejabberd"))
+            assert got.find(C + "body").text == "hello parley"
+            v = await eve["xep_0092"].get_version("a.example", timeout=20)
+            assert v["software_version"]["name"] == "Parley", v
+        finally:
+            await eve.close()
+    asyncio.run(go())
+
+
+def test_ejabberd_with_certificates(ejpair):
+    a, e = ejpair(certs=True)
+    run_exchange_ej(a, e)
+    log = a.log()
+    assert "s2s from e.example to a.example: authenticated by SASL EXTERNAL" in log, log[-4000:]
+
+
+def test_ejabberd_with_dialback(ejpair):
+    a, e = ejpair(certs=False)
+    run_exchange_ej(a, e)
+    assert "authenticated by dialback" in a.log(), a.log()[-4000:]
