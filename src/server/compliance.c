@@ -36,7 +36,9 @@ static const struct spec_row core_specs[] = {
      "only over TLS, off for s2s_secure_domains; piggybacking of several domains"},
     {"XEP-0185", "Dialback Key Generation and Validation", "complete", "HMAC-SHA256"},
     {"XEP-0288", "Bidirectional Server-to-Server Connections", "planned", ""},
-    {"RFC 7673 / RFC 6698", "DANE for XMPP", "planned", "TLSA lookups are in place"},
+    {"RFC 7673 / RFC 6698", "DANE for XMPP", "partial",
+     "outgoing links: DNSSEC-validated SRV and TLSA records, DANE-EE and DANE-TA (OpenSSL's "
+     "DANE), a mismatch refuses the link; incoming streams do not use DANE yet"},
     {"XEP-0440", "SASL Channel-Binding Type Capability", "complete", ""},
     {"XEP-0478", "Stream Limits Advertisement", "complete", "max-bytes and idle-seconds"},
     {NULL, NULL, NULL, NULL},

@@ -65,14 +65,15 @@ enum s2s_dir { S2S_IN, S2S_OUT };
 #define F_DIRECT_TLS  0x002u
 #define F_OPENED      0x004u /* peer's header received */
 #define F_CLOSING     0x008u
-#define F_FEATURES    0x010u /* out: features after TLS seen */
-#define F_SASL_SENT   0x020u /* out: <auth mechanism='EXTERNAL'/> sent */
-#define F_SASL_DONE   0x040u /* out: EXTERNAL succeeded; restarting */
-#define F_DB_SENT     0x080u /* out: <db:result/> sent */
-#define F_READY	      0x100u /* out: authenticated, stanzas may go */
-#define F_CERT_OK     0x200u /* the peer's certificate is valid for its domain */
-#define F_CERT_CHECKS 0x400u /* the check above was made */
-#define F_RESTART     0x800u /* the XML layer paused for a stream restart */
+#define F_FEATURES    0x010u  /* out: features after TLS seen */
+#define F_SASL_SENT   0x020u  /* out: <auth mechanism='EXTERNAL'/> sent */
+#define F_SASL_DONE   0x040u  /* out: EXTERNAL succeeded; restarting */
+#define F_DB_SENT     0x080u  /* out: <db:result/> sent */
+#define F_READY	      0x100u  /* out: authenticated, stanzas may go */
+#define F_CERT_OK     0x200u  /* the peer's certificate is valid for its domain */
+#define F_CERT_CHECKS 0x400u  /* the check above was made */
+#define F_RESTART     0x800u  /* the XML layer paused for a stream restart */
+#define F_DANE	      0x1000u /* out: TLSA records were given to TLS (DANE decides) */
 
 struct pair {
 	char remote[JID_PART_MAX + 1];
@@ -118,7 +119,10 @@ struct target {
 	char host[256]; /* A-label */
 	uint16_t port;
 	bool direct_tls;
+	bool secure; /* found through a DNSSEC-validated SRV record (RFC 7673) */
 };
+
+#define MAX_TLSA 8
 
 enum link_state { LS_IDLE, LS_RESOLVING, LS_CONNECTING, LS_READY };
 
@@ -141,7 +145,11 @@ struct s2s_link {
 	int srv_left; /* SRV answers still expected */
 	struct dns_srv srv[2][MAX_TARGETS];
 	size_t nsrv[2];
-	bool srv_none[2];      /* that service has no records */
+	bool srv_none[2]; /* that service has no records */
+	bool srv_secure[2];
+	/* DANE (RFC 7673): validated TLSA records of the current target. */
+	struct dns_tlsa tlsa[MAX_TLSA];
+	size_t ntlsa;
 	struct timer deadline; /* setup; then idle */
 	uint64_t retry_at;     /* after a failure: bounce at once until then */
 	unsigned backoff_s;
@@ -227,6 +235,7 @@ static void link_stream_gone(struct s2s_link *l, struct s2s *s);
 static void link_fail(struct s2s_link *l, bool timeout, const char *why);
 static void link_next_address(struct s2s_link *l);
 static void link_deadline(struct timer *t);
+static void tlsa_done(void *ud, int rc, bool secure, const struct dns_tlsa *r, size_t n);
 
 static struct buf *out(struct s2s *s)
 {
@@ -341,6 +350,28 @@ static bool check_cert(struct s2s *s, const char *domain)
 		return s->flags & F_CERT_OK;
 	X509 *cert = SSL_get0_peer_certificate(s->conn->ssl);
 	enum cert_id id = CERT_ID_NONE;
+	if (s->flags & F_DANE) {
+		/* RFC 7673 §4, RFC 7671 §5: with usable TLSA records, DANE alone
+		 * decides; a certificate that does not match them is refused even
+		 * if a CA signed it. */
+		uint8_t usage = 0, sel = 0, mt = 0;
+		long vr = SSL_get_verify_result(s->conn->ssl);
+		int depth = SSL_get0_dane_tlsa(s->conn->ssl, &usage, &sel, &mt, NULL, NULL);
+		bool ok = cert && vr == X509_V_OK && depth >= 0;
+		s->flags |= F_CERT_CHECKS;
+		if (ok) {
+			s->flags |= F_CERT_OK;
+			LOG(LOG_INFO,
+			    "s2s to %s: certificate valid (DANE-%s matched, TLSA %u %u %u)", domain,
+			    usage == 3 ? "EE" : "TA", usage, sel, mt);
+		} else {
+			snprintf(s->why_cert, sizeof(s->why_cert),
+				 "certificate does not match its DNSSEC-signed TLSA records (%s)",
+				 X509_verify_cert_error_string(vr));
+			LOG(LOG_WARN, "s2s to %s: %s", domain, s->why_cert);
+		}
+		return ok;
+	}
 	if (!cert) {
 		snprintf(s->why_cert, sizeof(s->why_cert), "no certificate presented");
 	} else {
@@ -833,6 +864,13 @@ static void out_features(struct s2s *s, struct xml_el *el)
 			    !strcmp(m->first->text, "EXTERNAL"))
 				external = true;
 	bool cert = check_cert(s, remote);
+	if (!cert && (s->flags & F_DANE)) {
+		/* A DANE mismatch means someone else answers: no dialback. */
+		link_fail(l, false,
+			  "The remote server's certificate does not match its TLSA records");
+		stream_close(s, "policy-violation", NULL);
+		return;
+	}
 	if (cert && external) {
 		char b64[((JID_PART_MAX + 2) / 3) * 4 + 4];
 		base64_encode((const unsigned char *)l->local, strlen(l->local), b64);
@@ -843,8 +881,13 @@ static void out_features(struct s2s *s, struct xml_el *el)
 		s->flags |= F_SASL_SENT;
 		return;
 	}
-	if (dialback_ok(remote, s->flags & F_TLS) &&
-	    xml_child(el, NS_DIALBACK_FEATURE, "dialback")) {
+	/* Dialback proves us to the peer. Without a valid certificate (or
+	 * DANE) the peer's own identity rests on DNS alone, which its
+	 * policy must allow; with one, only our dialback switch counts. */
+	bool db_allowed = cert
+			      ? srv->cfg.s2s_dialback && ((s->flags & F_TLS) || insecure_ok(remote))
+			      : dialback_ok(remote, s->flags & F_TLS);
+	if (db_allowed && xml_child(el, NS_DIALBACK_FEATURE, "dialback")) {
 		char key[DB_KEY_HEX + 1];
 		db_key(remote, l->local, s->stream_id, key);
 		struct buf *b = out(s);
@@ -878,7 +921,8 @@ static void out_sasl(struct s2s *s, struct xml_el *el)
 	LOG(LOG_INFO, "s2s to %s: SASL EXTERNAL refused by the peer", s->peer_domain);
 	s->flags &= ~F_SASL_SENT;
 	/* Fall back to dialback when allowed (XEP-0178 §3.2 leaves it open). */
-	if (s->link && dialback_ok(s->peer_domain, s->flags & F_TLS)) {
+	if (s->link && srv->cfg.s2s_dialback && (s->flags & F_TLS)) {
+		/* (EXTERNAL is only tried with a peer certificate we accepted.) */
 		char key[DB_KEY_HEX + 1];
 		db_key(s->peer_domain, s->link->local, s->stream_id, key);
 		struct buf *b = out(s);
@@ -1057,6 +1101,29 @@ static SSL_CTX *client_ctx(struct s2s *s)
 	return atomic_load(&(h ? h : &srv->hosts[0])->s2s_client_tls);
 }
 
+/* Client TLS towards the peer, with its TLSA records when DANE applies
+ * (OpenSSL's DANE: DANE-EE matches the leaf, DANE-TA a chain certificate
+ * that must then issue a leaf naming the domain). */
+static void start_client_tls(struct s2s *s, const char *alpn)
+{
+	char *sni = NULL;
+	cert_domain_ascii(s->peer_domain, &sni);
+	const char *name = sni ? sni : s->peer_domain;
+	conn_starttls_client(s->conn, client_ctx(s), name, alpn);
+	struct s2s_link *l = s->link;
+	if (l && l->ntlsa && s->conn && s->conn->ssl && SSL_dane_enable(s->conn->ssl, name) > 0) {
+		size_t usable = 0;
+		for (size_t i = 0; i < l->ntlsa; i++)
+			if (SSL_dane_tlsa_add(s->conn->ssl, l->tlsa[i].usage, l->tlsa[i].selector,
+					      l->tlsa[i].mtype, l->tlsa[i].data,
+					      l->tlsa[i].len) > 0)
+				usable++;
+		if (usable)
+			s->flags |= F_DANE;
+	}
+	free(sni);
+}
+
 static void on_data(struct conn *c, const char *p, size_t n)
 {
 	struct s2s *s = c->ud;
@@ -1085,11 +1152,7 @@ static void on_data(struct conn *c, const char *p, size_t n)
 			if (s->dir == S2S_IN) {
 				conn_starttls(s->conn, atomic_load(&s->host->s2s_tls));
 			} else {
-				char *sni = NULL;
-				cert_domain_ascii(s->peer_domain, &sni);
-				conn_starttls_client(s->conn, client_ctx(s),
-						     sni ? sni : s->peer_domain, NULL);
-				free(sni);
+				start_client_tls(s, NULL);
 			}
 			return;
 		}
@@ -1115,10 +1178,7 @@ static void on_connected(struct conn *c)
 	if (l)
 		loop_timer_set(s->w->loop, &s->timer, IDLE_MS);
 	if (s->flags & F_DIRECT_TLS) {
-		char *sni = NULL;
-		cert_domain_ascii(s->peer_domain, &sni);
-		conn_starttls_client(c, client_ctx(s), sni ? sni : s->peer_domain, "xmpp-server");
-		free(sni);
+		start_client_tls(s, "xmpp-server");
 		return;
 	}
 	send_header(s, l ? l->local : NULL, s->peer_domain, false);
@@ -1322,6 +1382,27 @@ static void link_connect_addr(struct s2s_link *l)
 	link_next_address(l);
 }
 
+static void tlsa_done(void *ud, int rc, bool secure, const struct dns_tlsa *r, size_t n)
+{
+	struct s2s_link *l = ud;
+	l->dq[0] = NULL;
+	if (rc == DNS_BOGUS) {
+		/* Someone tampers with the records that pin the certificate. */
+		link_fail(l, false,
+			  "DNSSEC validation failed for the remote server's TLSA records");
+		return;
+	}
+	l->ntlsa = 0;
+	for (size_t i = 0; secure && rc == DNS_OK && i < n && l->ntlsa < MAX_TLSA; i++)
+		if (r[i].usage == 2 || r[i].usage == 3) /* DANE-TA, DANE-EE (RFC 7672 §3.1) */
+			l->tlsa[l->ntlsa++] = r[i];
+	if (l->ntlsa)
+		LOG(LOG_INFO, "s2s to %s: %zu TLSA record%s for %s:%u (DNSSEC): DANE applies",
+		    l->remote, l->ntlsa, l->ntlsa == 1 ? "" : "s", l->t[l->ti].host,
+		    l->t[l->ti].port);
+	link_connect_addr(l);
+}
+
 static void addrs_done(void *ud, int rc, bool secure, const struct sockaddr_storage *a, size_t n)
 {
 	struct s2s_link *l = ud;
@@ -1335,6 +1416,14 @@ static void addrs_done(void *ud, int rc, bool secure, const struct sockaddr_stor
 		LOG(LOG_INFO, "s2s to %s: no address for %s", l->remote, l->t[l->ti].host);
 		l->ti++;
 		link_next_address(l);
+		return;
+	}
+	l->ntlsa = 0;
+	if (l->t[l->ti].secure) {
+		/* RFC 7673 §3: a target from a secure SRV record may have TLSA
+		 * records at _port._tcp.target; look before connecting. */
+		l->dq[0] =
+		    dns_tlsa(sw(l->w)->dns, l->t[l->ti].host, l->t[l->ti].port, tlsa_done, l);
 		return;
 	}
 	link_connect_addr(l);
@@ -1379,6 +1468,8 @@ static void srv_all_done(struct s2s_link *l)
 				(i < l->nsrv[0] && l->srv[0][i].priority <= l->srv[1][j].priority);
 		const struct dns_srv *r = take_tls ? &l->srv[0][i++] : &l->srv[1][j++];
 		add_target(l, r->target, r->port, take_tls);
+		if (l->nt)
+			l->t[l->nt - 1].secure = l->srv_secure[take_tls ? 0 : 1];
 	}
 	if (!l->nt) {
 		if (l->srv_none[0] && l->srv_none[1]) {
@@ -1393,9 +1484,11 @@ static void srv_all_done(struct s2s_link *l)
 	link_next_address(l);
 }
 
-static void srv_done(struct s2s_link *l, int which, int rc, const struct dns_srv *r, size_t n)
+static void srv_done(struct s2s_link *l, int which, int rc, bool secure, const struct dns_srv *r,
+		     size_t n)
 {
 	l->dq[which] = NULL;
+	l->srv_secure[which] = secure && rc == DNS_OK;
 	l->nsrv[which] = 0;
 	l->srv_none[which] = rc == DNS_NONE;
 	for (size_t i = 0; rc == DNS_OK && i < n && l->nsrv[which] < MAX_TARGETS; i++)
@@ -1408,14 +1501,12 @@ static void srv_done(struct s2s_link *l, int which, int rc, const struct dns_srv
 
 static void srv_tls_done(void *ud, int rc, bool secure, const struct dns_srv *r, size_t n)
 {
-	(void)secure;
-	srv_done(ud, 0, rc, r, n);
+	srv_done(ud, 0, rc, secure, r, n);
 }
 
 static void srv_tcp_done(void *ud, int rc, bool secure, const struct dns_srv *r, size_t n)
 {
-	(void)secure;
-	srv_done(ud, 1, rc, r, n);
+	srv_done(ud, 1, rc, secure, r, n);
 }
 
 static void link_start(struct s2s_link *l)

@@ -371,6 +371,12 @@ SSL_CTX *tls_ctx_new_kind(const struct host_conf *hc, enum tls_kind kind, char *
 		 * EXTERNAL; theirs is checked by s2s.c after the handshake
 		 * (RFC 6125 identities, then DANE or dialback). */
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+		/* DANE (RFC 7673) for peers with DNSSEC-signed TLSA records:
+		 * s2s.c adds them per connection. */
+		if (SSL_CTX_dane_enable(ctx) <= 0) {
+			snprintf(err, errlen, "SSL_CTX_dane_enable failed");
+			goto fail;
+		}
 		ERR_clear_error();
 		return ctx;
 	}

@@ -157,7 +157,7 @@ def fed(tmp_path):
     made = []
 
     def make(a_extra="", b_extra="", ca=False, a_direct=True, b_direct=True, a_starttls=True,
-             b_starttls=True, signed=False, b_cert=None):
+             b_starttls=True, signed=False, b_cert=None, b_tlsa=None):
         root = str(tmp_path)
         # Ports first, so that the records can name them.
         holder = {}
@@ -175,6 +175,8 @@ def fed(tmp_path):
             b_cert(authority, b)
         zone = a.records(direct=a_direct, starttls=a_starttls) + \
             b.records(direct=b_direct, starttls=b_starttls)
+        if b_tlsa:
+            zone += b_tlsa(b)
         dns = DnsBed(root, zones={"example": zone}, signed=signed)
         holder["dns"] = dns
         for s, extra in ((a, a_extra), (b, b_extra)):
@@ -429,3 +431,47 @@ def test_peer_without_tls_is_refused(tmp_path):
         lsock.close()
         assert a.stop() == 0
         dns.stop()
+
+
+def spki_sha256(cert):
+    """The TLSA "3 1 1" association data of a certificate: SHA-256 of its
+    SubjectPublicKeyInfo, hex."""
+    pub = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-pubkey"], check=True,
+                         capture_output=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                         check=True, capture_output=True).stdout
+    import hashlib
+    return hashlib.sha256(der).hexdigest()
+
+
+def tlsa_for(data_of):
+    return lambda b: [f"_{port}._tcp.b.example. 60 IN TLSA 3 1 1 {data_of(b)}"
+                      for port in (b.s2s, b.s2s_tls)]
+
+
+def test_dane_authenticates_a_self_signed_peer(fed):
+    """RFC 7673: b.example's SRV and TLSA records are DNSSEC-signed and pin
+    its self-signed certificate (DANE-EE). a.example requires a certificate
+    or DANE from b.example (s2s_secure_domains), and gets DANE."""
+    a, b = fed(signed=True, a_extra='s2s_secure_domains: ["b.example"]\n',
+               b_tlsa=tlsa_for(lambda b: spki_sha256(b.cert)))
+    alice = Raw(a, "alice")
+    bob = Raw(b, "bob")
+    alice.send("<message to='bob@b.example/raw' type='chat'><body>pinned</body></message>")
+    m = bob.expect(lambda e: e.tag == C + "message", timeout=20, what="message over DANE")
+    assert m.find(C + "body").text == "pinned"
+    log = a.log()
+    assert "DANE applies" in log and "DANE-EE matched" in log, log[-3000:]
+
+
+def test_dane_mismatch_is_refused(fed):
+    """The TLSA record names another key: the link is refused (no
+    dialback fallback), and the sender gets its message back."""
+    a, b = fed(signed=True, b_tlsa=tlsa_for(lambda b: "00" * 32))
+    alice = Raw(a, "alice")
+    alice.send("<message to='bob@b.example' type='chat' id='d1'><body>?</body></message>")
+    e = alice.expect(lambda e: e.get("id") == "d1", timeout=30, what="bounce")
+    assert e.get("type") == "error", ET.tostring(e)
+    log = a.log()
+    assert "does not match its DNSSEC-signed TLSA records" in log, log[-3000:]
+    assert "ready (" not in log
