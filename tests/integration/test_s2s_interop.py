@@ -109,7 +109,7 @@ def pair(tmp_path):
     assert PROSODY and PROSODYCTL, "prosody is not installed: scripts/deps.sh test"
     made = []
 
-    def make(certs):
+    def make(certs, transport):
         root = str(tmp_path)
         ca = CA(root)
 
@@ -119,11 +119,14 @@ def pair(tmp_path):
         a = FedServer(root, "a.example", Late, self_signed=False)
         ca.issue("a.example", a.dir)
         a.cafile = ca.cert
-        # Ports are known now; the bed can name them.
+        # Ports are known now; the bed can name them. Each side announces
+        # only the transport under test.
+        direct = transport == "direct"
         p_ports = {"s2s": free_port(), "s2s_tls": free_port()}
-        zone = a.records() + [
+        zone = a.records(direct=direct, starttls=not direct) + [
             "p.example. 60 IN A 127.0.0.1",
-            f"_xmpp-server._tcp.p.example. 60 IN SRV 10 5 {p_ports['s2s']} p.example.",
+            f"_xmpp-server._tcp.p.example. 60 IN SRV 10 5 {p_ports['s2s']} p.example."
+            if not direct else
             f"_xmpps-server._tcp.p.example. 60 IN SRV 10 5 {p_ports['s2s_tls']} p.example."]
         dns = DnsBed(root, zones={"example": zone})
         made.append(dns)
@@ -215,20 +218,33 @@ def run_exchange(a, p):
     asyncio.run(go())
 
 
-def test_prosody_with_certificates(pair):
-    a, p = pair(certs=True)
+def check_transport(log, transport):
+    """Both directions used the transport the DNS records announce."""
+    if transport == "direct":
+        assert "connected to 127.0.0.1 (direct TLS)" in log, log[-4000:]
+        assert "s2s connection from 127.0.0.1 (direct TLS)" in log, log[-4000:]
+    else:
+        assert "(direct TLS)" not in log.replace("on worker", ""), log[-4000:]
+
+
+@pytest.mark.parametrize("transport", ["starttls", "direct"])
+def test_prosody_with_certificates(pair, transport):
+    a, p = pair(certs=True, transport=transport)
     run_exchange(a, p)
     log = a.log()
     assert "s2s from p.example to a.example: authenticated by SASL EXTERNAL" in log, log[-4000:]
     assert "ready (SASL EXTERNAL)" in log, log[-4000:]
+    check_transport(log, transport)
 
 
-def test_prosody_with_dialback(pair):
-    a, p = pair(certs=False)
+@pytest.mark.parametrize("transport", ["starttls", "direct"])
+def test_prosody_with_dialback(pair, transport):
+    a, p = pair(certs=False, transport=transport)
     run_exchange(a, p)
     log = a.log()
     assert "authenticated by dialback" in log, log[-4000:]
     assert "ready (dialback)" in log, log[-4000:]
+    check_transport(log, transport)
 
 
 EJABBERDCTL = shutil.which("ejabberdctl")
@@ -345,7 +361,7 @@ def ejpair(tmp_path):
     assert EJABBERDCTL, "ejabberd is not installed: scripts/deps.sh test"
     made = []
 
-    def make(certs):
+    def make(certs, transport):
         root = str(tmp_path)
         ca = CA(root)
 
@@ -359,7 +375,10 @@ def ejpair(tmp_path):
         # ejabberd looks SRV records up with Erlang's resolver (pointed at the
         # bed) but the target's address with getaddrinfo (the system's, which
         # does not know the bed): so Parley's SRV target is its IP literal.
-        zone = [f"_xmpp-server._tcp.a.example. 60 IN SRV 10 5 {a.s2s} 127.0.0.1.",
+        # ejabberd -> Parley over the transport under test; Parley ->
+        # ejabberd over STARTTLS (its direct TLS listener is not set up).
+        zone = [f"_xmpp-server._tcp.a.example. 60 IN SRV 10 5 {a.s2s} 127.0.0.1."
+                if transport == "starttls" else
                 f"_xmpps-server._tcp.a.example. 60 IN SRV 10 5 {a.s2s_tls} 127.0.0.1."] + [
             "e.example. 60 IN A 127.0.0.1",
             f"_xmpp-server._tcp.e.example. 60 IN SRV 10 5 {e_s2s} e.example."]
@@ -412,14 +431,26 @@ def run_exchange_ej(a, e):
     asyncio.run(go())
 
 
-def test_ejabberd_with_certificates(ejpair):
-    a, e = ejpair(certs=True)
+def check_inbound(log, transport):
+    direct = "s2s connection from 127.0.0.1 (direct TLS)" in log
+    assert direct == (transport == "direct"), log[-4000:]
+
+
+@pytest.mark.parametrize("transport", ["starttls", "direct"])
+def test_ejabberd_with_certificates(ejpair, transport):
+    a, e = ejpair(certs=True, transport=transport)
     run_exchange_ej(a, e)
     log = a.log()
     assert "s2s from e.example to a.example: authenticated by SASL EXTERNAL" in log, log[-4000:]
+    assert "ready (SASL EXTERNAL)" in log, log[-4000:]
+    check_inbound(log, transport)
 
 
-def test_ejabberd_with_dialback(ejpair):
-    a, e = ejpair(certs=False)
+@pytest.mark.parametrize("transport", ["starttls", "direct"])
+def test_ejabberd_with_dialback(ejpair, transport):
+    a, e = ejpair(certs=False, transport=transport)
     run_exchange_ej(a, e)
-    assert "authenticated by dialback" in a.log(), a.log()[-4000:]
+    log = a.log()
+    assert "authenticated by dialback" in log, log[-4000:]
+    assert "ready (dialback)" in log, log[-4000:]
+    check_inbound(log, transport)
