@@ -810,7 +810,9 @@ static void tls_begin(struct client *c)
 {
 	c->ssl = SSL_new(B.ctx);
 	SSL_set_fd(c->ssl, c->fd);
-	SSL_set_tlsext_host_name(c->ssl, o.domain);
+	char sni[256]; /* the macro casts to void *: a copy that is not const */
+	snprintf(sni, sizeof(sni), "%s", o.domain);
+	SSL_set_tlsext_host_name(c->ssl, sni);
 	SSL_set_connect_state(c->ssl);
 	c->st = C_HANDSHAKE;
 }

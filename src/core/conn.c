@@ -483,8 +483,12 @@ void conn_starttls_client(struct conn *c, SSL_CTX *ctx, const char *sni, const c
 	 * peer's <proceed/> could arrive. */
 	c->flags |= CONN_CLIENT;
 	start_tls(c, ctx);
-	if (sni)
-		SSL_set_tlsext_host_name(c->ssl, sni);
+	if (sni) {
+		/* The macro casts to void *: a copy that is not const. */
+		char name[256];
+		snprintf(name, sizeof(name), "%s", sni);
+		SSL_set_tlsext_host_name(c->ssl, name);
+	}
 	if (alpn) {
 		unsigned char wire[64];
 		size_t n = strlen(alpn);
