@@ -1436,7 +1436,8 @@ void c2s_kick_unbound(const char *host, const char *user, const char *cond, cons
  * §4.9.1.1: our header, then the error), written without waiting for the
  * peer's header; on the direct TLS port nothing can be said before a
  * handshake, which is what the limit saves. */
-static void refuse(struct worker *w, int fd, bool direct_tls, const char *ip, const char *why)
+static void refuse(struct worker *w, int fd, bool direct_tls, bool server, const char *ip,
+		   const char *why)
 {
 	static __thread uint64_t last_log;
 	uint64_t now = loop_now(w->loop);
@@ -1448,12 +1449,12 @@ static void refuse(struct worker *w, int fd, bool direct_tls, const char *ip, co
 	if (!direct_tls) {
 		char msg[512];
 		int n = snprintf(msg, sizeof(msg),
-				 "<?xml version='1.0'?><stream:stream xmlns='" NS_CLIENT
+				 "<?xml version='1.0'?><stream:stream xmlns='%s"
 				 "' xmlns:stream='" NS_STREAMS "' from='%s' version='1.0'>"
 				 "<stream:error><policy-violation xmlns='" NS_STREAM_ERRORS "'/>"
 				 "<text xmlns='" NS_STREAM_ERRORS "'>%s</text></stream:error>"
 				 "</stream:stream>",
-				 srv->hosts[0].domain, why);
+				 server ? NS_SERVER : NS_CLIENT, srv->hosts[0].domain, why);
 		if (n > 0 && (size_t)n < sizeof(msg) &&
 		    send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
 			/* The peer is gone already: nothing to tell it. */
@@ -1462,24 +1463,35 @@ static void refuse(struct worker *w, int fd, bool direct_tls, const char *ip, co
 	close(fd);
 }
 
-void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls)
+bool accept_admit(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls,
+		  bool server, uint64_t *gauge)
 {
 	const struct limits_conf *lim = &w->conf.limits;
 	char ipkey[THROTTLE_IP_KEY];
 	throttle_ip_key(peer, ipkey);
+	*gauge = 0;
 	if (lim->connections_per_second_per_ip &&
 	    throttle_add(THR_CONNECT, ipkey, loop_now(w->loop)) >
 		lim->connections_per_second_per_ip * THROTTLE_CONNECT_WINDOW_S) {
-		refuse(w, fd, direct_tls, ipkey, "Too many new connections from your address");
-		return;
+		refuse(w, fd, direct_tls, server, ipkey,
+		       "Too many new connections from your address");
+		return false;
 	}
-	uint64_t gauge = 0;
 	if (lim->connections_per_ip &&
-	    throttle_gauge_inc(ipkey, lim->connections_per_ip, &gauge) == GAUGE_FULL) {
-		refuse(w, fd, direct_tls, ipkey,
+	    throttle_gauge_inc(ipkey, lim->connections_per_ip, gauge) == GAUGE_FULL) {
+		refuse(w, fd, direct_tls, server, ipkey,
 		       "Too many unauthenticated connections from your address");
-		return;
+		return false;
 	}
+	return true;
+}
+
+void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls)
+{
+	const struct limits_conf *lim = &w->conf.limits;
+	uint64_t gauge;
+	if (!accept_admit(w, fd, peer, direct_tls, false, &gauge))
+		return;
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s)
 		die_oom();

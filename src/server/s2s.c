@@ -37,6 +37,7 @@
 #include "net/certs.h"
 #include "net/dns.h"
 #include "server/module.h"
+#include "server/throttle.h"
 #include "xml/xmlstream.h"
 #include "xmpp/base64.h"
 #include "xmpp/ns.h"
@@ -57,6 +58,10 @@
 #define MAX_AUTHED	    32 /* domain pairs one incoming stream may authenticate */
 #define MAX_PENDING_DB	    16 /* dialback requests waiting on one stream */
 #define DB_KEY_HEX	    (2 * SHA256_DIGEST_LENGTH)
+#define MAX_LINKS	    4096  /* remote domains one worker talks to at once */
+#define MAX_VERIFIES	    64	  /* dialback keys waiting on one link */
+#define VERIFY_TIMEOUT_MS   30000 /* an authoritative server that never answers */
+#define SHUTDOWN_S2S_MS	    1000  /* ready links outlive the client sessions by this */
 
 enum s2s_dir { S2S_IN, S2S_OUT };
 
@@ -89,6 +94,7 @@ struct dbv {
 	unsigned reply_worker;
 	uint64_t reply_uid; /* the incoming stream that asked */
 	bool sent;
+	uint64_t since; /* loop ms, for VERIFY_TIMEOUT_MS */
 };
 
 struct s2s_link;
@@ -103,11 +109,13 @@ struct s2s {
 	char stream_id[64];		    /* in: ours; out: the peer's */
 	char peer_domain[JID_PART_MAX + 1]; /* in: header 'from'; out: the remote */
 	char why_cert[160];		    /* why the certificate did not do */
+	char cert_domain[JID_PART_MAX + 1]; /* what F_CERT_OK was decided for */
 	struct timer timer;
 	uint64_t last_io;
 	struct s2s *next, *prev; /* the worker's list */
 	/* in */
 	struct host *host; /* header 'to' */
+	uint64_t ip_gauge; /* counted among its address's unauthenticated connections */
 	struct pair authed[MAX_AUTHED];
 	unsigned n_authed;
 	unsigned n_pending_db;
@@ -151,6 +159,7 @@ struct s2s_link {
 	struct dns_tlsa tlsa[MAX_TLSA];
 	size_t ntlsa;
 	struct timer deadline; /* setup; then idle */
+	struct timer vtimer;   /* the oldest dialback verification's deadline */
 	uint64_t retry_at;     /* after a failure: bounce at once until then */
 	unsigned backoff_s;
 	const char *fail_text; /* the last failure, for the bounces */
@@ -162,7 +171,10 @@ struct s2s_worker {
 	struct s2s *streams;
 	size_t n_streams;
 	struct s2s_link *links;
+	size_t n_links;
 	struct dns *dns;
+	bool shutting_down;
+	struct timer shutdown; /* closes the ready links (s2s_worker_shutdown) */
 	uint64_t next_uid;
 };
 
@@ -235,6 +247,7 @@ static void link_stream_gone(struct s2s_link *l, struct s2s *s);
 static void link_fail(struct s2s_link *l, bool timeout, const char *why);
 static void link_next_address(struct s2s_link *l);
 static void link_deadline(struct timer *t);
+static void verify_timeout(struct timer *t);
 static void tlsa_done(void *ud, int rc, bool secure, const struct dns_tlsa *r, size_t n);
 
 static struct buf *out(struct s2s *s)
@@ -246,6 +259,7 @@ static struct buf *out(struct s2s *s)
 		    s->w->conf.limits.out_queue_bytes);
 		s->flags |= F_CLOSING;
 		conn_close(s->conn, "output queue full");
+		loop_timer_set(s->w->loop, &s->timer, CLOSE_DEADLINE_MS);
 		return NULL;
 	}
 	return conn_wbuf(s->conn);
@@ -346,7 +360,9 @@ static bool check_cert(struct s2s *s, const char *domain)
 {
 	if (!(s->flags & F_TLS) || !s->conn || !s->conn->ssl)
 		return false;
-	if ((s->flags & F_CERT_CHECKS) && !strcmp(domain, s->peer_domain))
+	/* The verdict is remembered for the domain it was made for only (a
+	 * restarted stream may name another). */
+	if ((s->flags & F_CERT_CHECKS) && !strcmp(domain, s->cert_domain))
 		return s->flags & F_CERT_OK;
 	X509 *cert = SSL_get0_peer_certificate(s->conn->ssl);
 	enum cert_id id = CERT_ID_NONE;
@@ -359,6 +375,7 @@ static bool check_cert(struct s2s *s, const char *domain)
 		int depth = SSL_get0_dane_tlsa(s->conn->ssl, &usage, &sel, &mt, NULL, NULL);
 		bool ok = cert && vr == X509_V_OK && depth >= 0;
 		s->flags |= F_CERT_CHECKS;
+		snprintf(s->cert_domain, sizeof(s->cert_domain), "%s", domain);
 		if (ok) {
 			s->flags |= F_CERT_OK;
 			LOG(LOG_INFO,
@@ -378,11 +395,11 @@ static bool check_cert(struct s2s *s, const char *domain)
 		id = cert_verify_server(trust, cert, SSL_get_peer_cert_chain(s->conn->ssl), domain,
 					s->why_cert, sizeof(s->why_cert));
 	}
-	if (!strcmp(domain, s->peer_domain)) {
-		s->flags |= F_CERT_CHECKS;
-		if (id != CERT_ID_NONE)
-			s->flags |= F_CERT_OK;
-	}
+	s->flags &= ~(F_CERT_CHECKS | F_CERT_OK);
+	s->flags |= F_CERT_CHECKS;
+	if (id != CERT_ID_NONE)
+		s->flags |= F_CERT_OK;
+	snprintf(s->cert_domain, sizeof(s->cert_domain), "%s", domain);
 	if (id != CERT_ID_NONE)
 		LOG(LOG_INFO, "s2s %s %s: certificate valid (%s matched)",
 		    s->dir == S2S_IN ? "from" : "to", domain, cert_id_name(id));
@@ -450,6 +467,8 @@ static struct s2s *stream_find(struct worker *w, uint64_t uid)
 static void stream_unref_free(struct s2s *s)
 {
 	struct s2s_worker *x = sw(s->w);
+	if (s->ip_gauge)
+		throttle_gauge_dec(s->ip_gauge);
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -493,6 +512,10 @@ static void in_authorize(struct s2s *s, const char *remote, const char *local, c
 	snprintf(p->local, sizeof(p->local), "%s", local);
 	LOG(LOG_INFO, "s2s from %s to %s: authenticated by %s (from %s)", remote, local, how,
 	    s->conn ? s->conn->peer_ip : "?");
+	if (s->ip_gauge) {
+		throttle_gauge_dec(s->ip_gauge);
+		s->ip_gauge = 0;
+	}
 	apply_limits(s, true);
 }
 
@@ -517,7 +540,10 @@ static void in_send_features(struct s2s *s)
 		buf_adds(b, "<mechanisms xmlns='" NS_SASL
 			    "'><mechanism>EXTERNAL</mechanism></mechanisms>");
 	}
-	if ((s->flags & F_TLS) || insecure)
+	/* Offered even to a peer that policy will refuse it to: its own
+	 * <db:verify/> requests use the same stream, and a refusal comes with
+	 * a reason (XEP-0220 §2.4). */
+	if (srv->cfg.s2s_dialback && ((s->flags & F_TLS) || insecure))
 		buf_adds(b, "<dialback xmlns='" NS_DIALBACK_FEATURE "'><errors/></dialback>");
 	buf_adds(b, "</stream:features>");
 }
@@ -548,7 +574,7 @@ static void in_open(struct s2s *s, const struct xml_el *hdr, const char *default
 		return;
 	}
 	const char *version = xml_attr(hdr, "version");
-	if (!version || strncmp(version, "1.", 2)) {
+	if (!version || atoi(version) < 1) {
 		/* Pre-1.0 peers have no STARTTLS, which we require. */
 		stream_close(s, "unsupported-version", NULL);
 		return;
@@ -561,6 +587,11 @@ static void in_sasl(struct s2s *s, struct xml_el *el, struct arena *a)
 {
 	if (strcmp(el->name, "auth")) {
 		stream_close(s, "policy-violation", "Unexpected SASL element");
+		return;
+	}
+	if (s->flags & F_SASL_DONE) {
+		/* RFC 6120 §6.4.6: one successful SASL negotiation per stream. */
+		stream_close(s, "policy-violation", "Already authenticated");
 		return;
 	}
 	const char *mech = xml_attr(el, "mechanism");
@@ -597,6 +628,8 @@ static void in_sasl(struct s2s *s, struct xml_el *el, struct arena *a)
 		    authz[0] ? s->why_cert : "no domain named");
 		if ((b = out(s)))
 			buf_adds(b, "<failure xmlns='" NS_SASL "'><not-authorized/></failure>");
+		/* XEP-0178 §3.1: not-authorized, then the stream closes. */
+		stream_close(s, NULL, NULL);
 		return;
 	}
 	in_authorize(s, authz, s->host->domain, "SASL EXTERNAL (certificate)");
@@ -642,7 +675,9 @@ static void verify_done_here(void *arg)
 	if (s && s->conn && !(s->flags & F_CLOSING)) {
 		if (s->n_pending_db)
 			s->n_pending_db--;
-		if (v->result == 1) {
+		if (v->result == 1 && s->n_authed >= MAX_AUTHED) {
+			db_result_reply(s, v->local, v->remote, "error", "resource-constraint");
+		} else if (v->result == 1) {
 			in_authorize(s, v->remote, v->local, "dialback");
 			db_result_reply(s, v->local, v->remote, "valid", NULL);
 		} else {
@@ -651,6 +686,8 @@ static void verify_done_here(void *arg)
 			db_result_reply(s, v->local, v->remote,
 					v->result == 0 ? "invalid" : "error",
 					v->result == 0 ? NULL : "remote-server-not-found");
+			if (v->result == 0)
+				stream_close(s, NULL, NULL); /* XEP-0220 §2.2.1 */
 		}
 	}
 	free(v);
@@ -689,7 +726,8 @@ static void in_db_result(struct s2s *s, struct xml_el *el, struct arena *a)
 	if (!dialback_ok(remote, s->flags & F_TLS)) {
 		LOG(LOG_INFO, "s2s from %s: dialback refused by policy (%s)", remote,
 		    !(s->flags & F_TLS) ? "not over TLS" : "certificate required for this domain");
-		db_result_reply(s, local, remote, "error", "not-acceptable");
+		db_result_reply(s, local, remote, "error",
+				(s->flags & F_TLS) ? "not-authorized" : "policy-violation");
 		return;
 	}
 	if (in_is_authed(s, remote, local)) {
@@ -841,9 +879,9 @@ static void out_features(struct s2s *s, struct xml_el *el)
 			    "s2s to %s: the peer offers no TLS; refused (list it in "
 			    "s2s_insecure_domains to allow it)",
 			    remote);
-			if (l)
-				link_fail(l, false, "The remote server does not offer TLS");
+			/* The stream error first: link_fail() closes without one. */
 			stream_close(s, "policy-violation", "TLS is required");
+			link_fail(l, false, "The remote server does not offer TLS");
 			return;
 		}
 	}
@@ -866,9 +904,9 @@ static void out_features(struct s2s *s, struct xml_el *el)
 	bool cert = check_cert(s, remote);
 	if (!cert && (s->flags & F_DANE)) {
 		/* A DANE mismatch means someone else answers: no dialback. */
+		stream_close(s, "policy-violation", NULL);
 		link_fail(l, false,
 			  "The remote server's certificate does not match its TLSA records");
-		stream_close(s, "policy-violation", NULL);
 		return;
 	}
 	if (cert && external) {
@@ -906,8 +944,8 @@ static void out_features(struct s2s *s, struct xml_el *el)
 	    cert ? ""
 		 : (dialback_ok(remote, s->flags & F_TLS) ? "; no dialback offered"
 							  : "; dialback not allowed"));
-	link_fail(l, false, "The remote server could not be authenticated");
 	stream_close(s, "policy-violation", NULL);
+	link_fail(l, false, "The remote server could not be authenticated");
 }
 
 static void out_sasl(struct s2s *s, struct xml_el *el)
@@ -988,10 +1026,10 @@ static void on_open(void *ud, const struct xml_el *hdr, const char *default_ns)
 	s->flags |= F_OPENED;
 	const char *id = xml_attr(hdr, "id");
 	if (strcmp(default_ns, NS_SERVER) || !id || strlen(id) >= sizeof(s->stream_id)) {
-		if (s->link)
-			link_fail(s->link, false, "The remote server sent a bad stream header");
 		stream_close(s, strcmp(default_ns, NS_SERVER) ? "invalid-namespace" : "bad-format",
 			     NULL);
+		if (s->link)
+			link_fail(s->link, false, "The remote server sent a bad stream header");
 		return;
 	}
 	snprintf(s->stream_id, sizeof(s->stream_id), "%s", id);
@@ -1131,12 +1169,12 @@ static void on_data(struct conn *c, const char *p, size_t n)
 	while (n && s->conn && !(s->flags & F_CLOSING)) {
 		ssize_t r = xmlstream_feed(s->xs, p, n);
 		if (r < 0) {
-			if (s->link && s->link->state != LS_READY)
-				link_fail(s->link, false, "The remote server sent bad XML");
 			stream_close(s, xs_condition(xmlstream_error(s->xs)),
 				     xmlstream_error(s->xs) == XS_ERR_POLICY
 					 ? xmlstream_error_text(s->xs)
 					 : NULL);
+			if (s->link && s->link->state != LS_READY)
+				link_fail(s->link, false, "The remote server sent bad XML");
 			return;
 		}
 		p += r;
@@ -1150,6 +1188,9 @@ static void on_data(struct conn *c, const char *p, size_t n)
 		bool tls_now = (s->flags & F_TLS) && !conn_is_tls(s->conn);
 		if (tls_now) {
 			if (s->dir == S2S_IN) {
+				/* RFC 6120 §5.4.3.3: nothing learned in the clear counts. */
+				s->n_authed = 0;
+				s->flags &= ~(F_CERT_CHECKS | F_CERT_OK);
 				conn_starttls(s->conn, atomic_load(&s->host->s2s_tls));
 			} else {
 				start_client_tls(s, NULL);
@@ -1196,6 +1237,8 @@ static void on_closed(struct conn *c, const char *reason)
 			LOG(LOG_INFO, "s2s to %s: %s (%s)", l->remote, reason ? reason : "closed",
 			    c->peer_ip);
 			l->s = NULL;
+			for (struct dbv *v = l->verifies; v; v = v->next)
+				v->sent = false; /* the next stream sends them again */
 			link_next_address(l);
 		} else {
 			link_stream_gone(l, s);
@@ -1211,7 +1254,11 @@ static const struct conn_handler s2s_handler = {on_data, on_tls_ready, on_closed
 
 void s2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls)
 {
+	uint64_t gauge;
+	if (!accept_admit(w, fd, peer, direct_tls, true, &gauge))
+		return;
 	struct s2s *s = stream_new(w, S2S_IN);
+	s->ip_gauge = gauge;
 	s->xs = xmlstream_new(&xs_cb, s, NULL);
 	apply_limits(s, false);
 	if (direct_tls)
@@ -1247,11 +1294,18 @@ static struct s2s_link *link_find(struct worker *w, const char *local, const cha
 			/* Links to domains nobody talks to any more go. */
 			*pp = l->next;
 			loop_timer_cancel(w->loop, &l->deadline);
+			loop_timer_cancel(w->loop, &l->vtimer);
 			free(l->q);
 			free(l);
+			sw(w)->n_links--;
 			continue;
 		}
 		pp = &l->next;
+	}
+	if (create && sw(w)->n_links >= MAX_LINKS) {
+		LOG(LOG_WARN, "s2s: %d remote domains at once on worker %u; refusing %s", MAX_LINKS,
+		    w->idx, remote);
+		return NULL;
 	}
 	if (!create)
 		return NULL;
@@ -1268,8 +1322,10 @@ static struct s2s_link *link_find(struct worker *w, const char *local, const cha
 	else
 		snprintf(l->remote_ascii, sizeof(l->remote_ascii), "%s", remote);
 	free(a);
+	timer_init(&l->vtimer, verify_timeout, l);
 	l->next = sw(w)->links;
 	sw(w)->links = l;
+	sw(w)->n_links++;
 	return l;
 }
 
@@ -1280,6 +1336,39 @@ static void bounce_queue(struct s2s_link *l)
 		route_error(l->q[i], e, l->fail_text);
 	l->nq = 0;
 	l->qbytes = 0;
+}
+
+static void verify_reply(const struct dbv *v, int result)
+{
+	struct verify_done *d = calloc(1, sizeof(*d));
+	if (!d)
+		die_oom();
+	d->uid = v->reply_uid;
+	snprintf(d->local, sizeof(d->local), "%s", v->local);
+	snprintf(d->remote, sizeof(d->remote), "%s", v->remote);
+	d->result = result;
+	loop_post(srv->workers[v->reply_worker].loop, verify_done_here, d);
+}
+
+/* Verifications the authoritative server left unanswered too long fail. */
+static void verify_timeout(struct timer *t)
+{
+	struct s2s_link *l = t->ud;
+	uint64_t now = loop_now(l->w->loop), next = 0;
+	for (struct dbv **pp = &l->verifies, *v; (v = *pp);) {
+		if (now - v->since >= VERIFY_TIMEOUT_MS) {
+			*pp = v->next;
+			verify_reply(v, -1);
+			free(v);
+			continue;
+		}
+		uint64_t left = VERIFY_TIMEOUT_MS - (now - v->since);
+		if (!next || left < next)
+			next = left;
+		pp = &v->next;
+	}
+	if (next)
+		loop_timer_set(l->w->loop, &l->vtimer, next);
 }
 
 static void fail_verifies(struct s2s_link *l)
@@ -1437,6 +1526,11 @@ static void link_next_address(struct s2s_link *l)
 		link_connect_addr(l);
 		return;
 	}
+	if (l->na) {
+		/* This target's addresses are used up: on to the next one. */
+		l->ti++;
+		l->na = l->ai = 0;
+	}
 	if (l->ti >= l->nt) {
 		link_fail(l, false, "The remote server could not be reached");
 		return;
@@ -1555,6 +1649,11 @@ static bool link_usable(struct s2s_link *l)
 {
 	if (l->fail_text && loop_now(l->w->loop) < l->retry_at)
 		return false;
+	if (sw(l->w)->shutting_down && l->state != LS_READY) {
+		l->fail_text = "The server is shutting down";
+		l->retry_at = UINT64_MAX;
+		return false;
+	}
 	if (l->state == LS_IDLE)
 		link_start(l);
 	return true;
@@ -1565,8 +1664,19 @@ static bool link_usable(struct s2s_link *l)
 static void link_verify(struct dbv *v)
 {
 	struct s2s_link *l = link_find(worker_current(), v->local, v->remote, true);
+	size_t n = 0;
+	for (struct dbv *x = l ? l->verifies : NULL; x; x = x->next)
+		n++;
+	if (!l || n >= MAX_VERIFIES) {
+		verify_reply(v, -1);
+		free(v);
+		return;
+	}
+	v->since = loop_now(l->w->loop);
 	v->next = l->verifies;
 	l->verifies = v;
+	if (!timer_armed(&l->vtimer))
+		loop_timer_set(l->w->loop, &l->vtimer, VERIFY_TIMEOUT_MS);
 	if (!link_usable(l)) {
 		fail_verifies(l);
 		return;
@@ -1582,6 +1692,19 @@ static void send_posted(void *arg)
 		 st->from.s + st->from.dom_off);
 	snprintf(remote, sizeof(remote), "%.*s", (int)st->to.dom_len, st->to.s + st->to.dom_off);
 	struct s2s_link *l = link_find(worker_current(), local, remote, true);
+	if (!l) {
+		route_error(st, SE_RESOURCE_CONSTRAINT, "Too many remote servers at once");
+		return;
+	}
+	if (l->state == LS_READY && l->s && (l->s->flags & F_CLOSING)) {
+		/* Its stream is ending (idle, or the peer closed it): this stanza
+		 * waits for a new connection instead of being written to a
+		 * stream that will not send it. */
+		struct s2s *old = l->s;
+		old->link = NULL;
+		l->s = NULL;
+		l->state = LS_IDLE;
+	}
 	if (!link_usable(l)) {
 		route_error(st,
 			    l->fail_timeout ? SE_REMOTE_SERVER_TIMEOUT : SE_REMOTE_SERVER_NOT_FOUND,
@@ -1610,8 +1733,11 @@ static void send_posted(void *arg)
 		l->q = q;
 		l->capq = cap;
 	}
+	struct buf sz = BUF_INIT;
+	xml_serialize(st->el, NS_CLIENT, &sz);
+	l->qbytes += buf_pending(&sz);
+	buf_free(&sz);
 	l->q[l->nq++] = st;
-	l->qbytes += 512; /* an estimate; the count is the real bound */
 }
 
 void s2s_route(struct stanza *st)
@@ -1660,13 +1786,12 @@ size_t s2s_worker_streams(struct worker *w)
 	return w->s2s ? sw(w)->n_streams : 0;
 }
 
-void s2s_worker_shutdown(struct worker *w)
+/* Shutdown, second phase: the unavailable presences of the local users
+ * (RFC 6121 §4.5.2) have had their time to leave over the ready links. */
+static void shutdown_streams(struct timer *t)
 {
-	if (!w->s2s)
-		return;
+	struct worker *w = t->ud;
 	for (struct s2s_link *l = sw(w)->links; l; l = l->next) {
-		cancel_dns(l);
-		loop_timer_cancel(w->loop, &l->deadline);
 		l->fail_text = "The server is shutting down";
 		l->retry_at = UINT64_MAX;
 		bounce_queue(l);
@@ -1676,6 +1801,39 @@ void s2s_worker_shutdown(struct worker *w)
 		next = s->next;
 		stream_close(s, "system-shutdown", NULL);
 	}
+}
+
+void s2s_worker_shutdown(struct worker *w)
+{
+	if (!w->s2s)
+		return;
+	sw(w)->shutting_down = true;
+	/* Links still being set up give up now; ready ones carry what the
+	 * closing client sessions still send (their unavailable presence),
+	 * and close a little later, within the grace period. */
+	for (struct s2s_link *l = sw(w)->links; l; l = l->next) {
+		if (l->state == LS_READY)
+			continue;
+		cancel_dns(l);
+		loop_timer_cancel(w->loop, &l->deadline);
+		l->fail_text = "The server is shutting down";
+		l->retry_at = UINT64_MAX;
+		bounce_queue(l);
+		fail_verifies(l);
+		if (l->s) {
+			struct s2s *s = l->s;
+			l->s = NULL;
+			s->link = NULL;
+			stream_close(s, "system-shutdown", NULL);
+		}
+	}
+	for (struct s2s *s = sw(w)->streams, *next; s; s = next) {
+		next = s->next;
+		if (s->dir == S2S_IN)
+			stream_close(s, "system-shutdown", NULL);
+	}
+	timer_init(&sw(w)->shutdown, shutdown_streams, w);
+	loop_timer_set(w->loop, &sw(w)->shutdown, SHUTDOWN_S2S_MS);
 }
 
 void s2s_worker_abort(struct worker *w)
@@ -1693,10 +1851,15 @@ void s2s_worker_done(struct worker *w)
 		return;
 	while (x->streams)
 		stream_unref_free(x->streams);
+	if (x->shutting_down)
+		loop_timer_cancel(w->loop, &x->shutdown);
 	while (x->links) {
 		struct s2s_link *l = x->links;
 		x->links = l->next;
 		cancel_dns(l);
+		/* Timers stay in the loop's heap, which dns_free() still uses. */
+		loop_timer_cancel(w->loop, &l->deadline);
+		loop_timer_cancel(w->loop, &l->vtimer);
 		for (size_t i = 0; i < l->nq; i++)
 			stanza_free(l->q[i]);
 		free(l->q);

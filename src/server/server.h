@@ -157,6 +157,13 @@ struct session {
 };
 
 void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls);
+/* The per-address limits on a new connection (limits.connections_per_ip,
+ * limits.connections_per_second_per_ip), for clients and servers alike.
+ * false: fd was refused and closed. true: *gauge is the connection's share
+ * of its address's unauthenticated count (0 if not counted), to be given
+ * to throttle_gauge_dec() once it authenticates or closes. */
+bool accept_admit(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls,
+		  bool server, uint64_t *gauge);
 /* --- Server-to-server (s2s.c) --- */
 int s2s_init(char *err, size_t errlen); /* main thread, before the workers */
 void s2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, bool direct_tls);

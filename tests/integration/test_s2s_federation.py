@@ -348,12 +348,9 @@ def test_forged_dialback_key_is_refused(fed):
     assert b"urn:xmpp:features:dialback" in feats
     assert b"EXTERNAL" not in feats  # no certificate for b.example
     t.sendall(b"<db:result from='b.example' to='a.example'>" + b"0" * 64 + b"</db:result>")
-    got = recv_until(t, b"/>", timeout=20)
-    assert b"type='invalid'" in got, got
-    # And nothing may be sent as b.example on this stream.
-    t.sendall(b"<message from='bob@b.example' to='alice@a.example'><body>x</body></message>")
-    got = recv_until(t, b"</stream:stream>", timeout=10)
-    assert b"<invalid-from" in got, got
+    # XEP-0220 §2.2.1: invalid, and the stream ends.
+    got = recv_until(t, b"</stream:stream>", timeout=20)
+    assert b"type='invalid'" in got and b"</stream:stream>" in got, got
     assert "dialback key invalid" in a.log()
 
 
@@ -475,3 +472,55 @@ def test_dane_mismatch_is_refused(fed):
     log = a.log()
     assert "does not match its DNSSEC-signed TLSA records" in log, log[-3000:]
     assert "ready (" not in log
+
+
+def test_failover_to_the_next_srv_target(fed):
+    """b.example's first SRV target (direct TLS, priority 10) refuses
+    connections; the link goes on to the next one (priority 20) at once,
+    without retrying the dead one (RFC 2782 order)."""
+    dead = free_port()  # nothing listens there
+
+    def records(b):
+        return [f"_xmpps-server._tcp.b.example. 60 IN SRV 10 5 {dead} b.example.",
+                f"_xmpp-server._tcp.b.example. 60 IN SRV 20 5 {b.s2s} b.example."]
+    a, b = fed(b_direct=False, b_starttls=False, b_tlsa=records)
+    alice = Raw(a, "alice")
+    bob = Raw(b, "bob")
+    alice.send("<message to='bob@b.example/raw' type='chat'><body>second</body></message>")
+    m = bob.expect(lambda e: e.tag == C + "message", timeout=20, what="message via target 2")
+    assert m.find(C + "body").text == "second"
+    log = a.log()
+    assert log.count("connect failed") <= 2, log[-3000:]
+
+
+def test_second_sasl_after_restart_is_refused(fed):
+    """A peer that authenticated with EXTERNAL may not restart the stream
+    naming another domain and authenticate again (RFC 6120 §6.4.6): the
+    certificate verdict belongs to the domain it was made for."""
+    import socket
+    import ssl
+    from conftest import recv_until
+    a, b = fed(ca=True)
+    # A certificate valid for b.example (same CA), presented by a raw peer.
+    s = socket.create_connection(("127.0.0.1", a.s2s), timeout=10)
+    s.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    recv_until(s, b"</stream:features>")
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    recv_until(s, b"/>")
+    ctx = ssl.create_default_context(cafile=b.cafile)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(b.cert, b.key)
+    t = ctx.wrap_socket(s, server_hostname="a.example")
+    t.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    feats = recv_until(t, b"</stream:features>")
+    assert b"EXTERNAL" in feats, feats
+    t.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+    assert b"<success" in recv_until(t, b"/>")
+    t.sendall(S2S_HEADER.format(frm="victim.example", to="a.example").encode())
+    feats = recv_until(t, b"</stream:features>")
+    assert b"EXTERNAL" not in feats, feats  # not valid for victim.example
+    t.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+    got = recv_until(t, b"</stream:stream>", timeout=10)
+    assert b"<success" not in got, got
+    assert "authenticated by SASL EXTERNAL (certificate) (from 127.0.0.1)" in a.log()
+    assert "victim.example to a.example: authenticated" not in a.log()
