@@ -827,6 +827,24 @@ static bool check_lead(struct xmlstream *xs, const char *p, size_t n)
 
 static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len);
 
+/* After </stream:stream> only whitespace may follow. Expat may keep a
+ * trailing partial token (a name, "f:") without complaint until more
+ * comes, so whether junk there was an error depended on how the bytes
+ * were split (found by fuzz/fuzz_xmlstream.c): we look at the bytes after
+ * the close ourselves. piece ends at xs->fed. */
+static bool after_close_ok(struct xmlstream *xs, const char *piece, size_t n)
+{
+	size_t start = xs->fed - n;
+	size_t from = xs->mark > start ? xs->mark - start : 0;
+	for (size_t i = from; i < n; i++)
+		if (piece[i] != ' ' && piece[i] != '\t' && piece[i] != '\r' && piece[i] != '\n') {
+			xs->err = XS_ERR_BAD_FORMAT;
+			xs->err_text = "data after the end of the stream";
+			return false;
+		}
+	return true;
+}
+
 /* Expat 2.5 starts an unfinished token (a start tag with long attribute
  * values, say) from its beginning again on every call, so a peer that
  * sends a big tag a byte at a time makes it scan n^2/2 bytes
@@ -968,6 +986,10 @@ static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len)
 				  n);
 		if (rc <= 0)
 			goto out;
+		if (xs->root == ROOT_CLOSED && !after_close_ok(xs, data + done, n)) {
+			rc = -1;
+			goto out;
+		}
 		done += n;
 	}
 	rc = 1;
