@@ -121,13 +121,16 @@ def test_testssl_grade(server, tmp_path):
     problems = []
     for sc in scans:
         bad, trouble = results(*sc)
-        if trouble and not bad:
+        for attempt in (1, 2):
+            if not trouble or bad:
+                break
             # Some of testssl's probes race (its resumption check reads the
             # TLS 1.3 ticket from an s_client fed /dev/null) and fail on a
-            # loaded machine. Scan that port once more; a finding about the
-            # server is never retried.
+            # loaded machine. Scan that port again, twice at most; a finding
+            # about the server is never retried.
             port, starttls = ports[sc[0]]
-            bad, trouble = results(*scan(tmp, sc[0] + "-retry", port, server.cert, starttls))
+            bad, trouble = results(*scan(tmp, f"{sc[0]}-retry{attempt}", port, server.cert,
+                                         starttls))
         problems += bad + trouble
     print(f"testssl on both ports: {time.monotonic() - t0:.0f} s")
     assert not problems, "testssl: MEDIUM or worse, or not as expected:\n" + "\n".join(problems)
