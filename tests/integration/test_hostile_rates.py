@@ -46,8 +46,12 @@ def connect_from(port, source=SRC):
 
 def is_served(sock):
     """Sends a stream header; True if features come back, False if refused."""
-    sock.sendall((STREAM_HEADER % DOMAIN).encode())
-    data = recv_until(sock, b"</stream:features>", timeout=5)
+    try:
+        sock.sendall((STREAM_HEADER % DOMAIN).encode())
+        data = recv_until(sock, b"</stream:features>", timeout=5)
+    except ConnectionResetError:
+        # Refused: the server closed with our header unread, so TCP resets.
+        return False
     if b"</stream:features>" in data:
         return True
     assert b"<policy-violation" in data or data == b"", data
