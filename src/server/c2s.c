@@ -1205,24 +1205,6 @@ static void on_close(void *ud)
 
 static const struct xs_callbacks xs_cb = {on_open, on_element, on_close};
 
-static const char *xs_condition(enum xs_error e)
-{
-	switch (e) {
-	case XS_ERR_RESTRICTED_XML:
-		return "restricted-xml";
-	case XS_ERR_POLICY:
-		return "policy-violation";
-	case XS_ERR_ENCODING:
-		return "unsupported-encoding";
-	case XS_ERR_INVALID_NS:
-		return "invalid-namespace";
-	case XS_ERR_MEMORY:
-		return "resource-constraint";
-	default:
-		return "bad-format";
-	}
-}
-
 static void process_input(struct session *s, const char *p, size_t n)
 {
 	while (n && s->conn && !(s->flags & SF_CLOSING)) {
@@ -1234,7 +1216,7 @@ static void process_input(struct session *s, const char *p, size_t n)
 			enum xs_error e = xmlstream_error(s->xs);
 			LOGS(LOG_INFO, s->id, "XML error from %s: %s", s->conn->peer_ip,
 			     xmlstream_error_text(s->xs));
-			session_close(s, xs_condition(e),
+			session_close(s, xmlstream_condition(e),
 				      e == XS_ERR_POLICY ? xmlstream_error_text(s->xs) : NULL);
 			return;
 		}

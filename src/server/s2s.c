@@ -248,6 +248,7 @@ static void link_fail(struct s2s_link *l, bool timeout, const char *why);
 static void link_next_address(struct s2s_link *l);
 static void link_deadline(struct timer *t);
 static void verify_timeout(struct timer *t);
+static void verify_reply(const struct dbv *v, int result);
 static void tlsa_done(void *ud, int rc, bool secure, const struct dns_tlsa *r, size_t n);
 
 static struct buf *out(struct s2s *s)
@@ -1002,14 +1003,7 @@ static void out_db(struct s2s *s, struct xml_el *el)
 		if (!v)
 			return;
 		*pp = v->next;
-		struct verify_done *d = calloc(1, sizeof(*d));
-		if (!d)
-			die_oom();
-		d->uid = v->reply_uid;
-		snprintf(d->local, sizeof(d->local), "%s", v->local);
-		snprintf(d->remote, sizeof(d->remote), "%s", v->remote);
-		d->result = type && !strcmp(type, "valid") ? 1 : 0;
-		loop_post(srv->workers[v->reply_worker].loop, verify_done_here, d);
+		verify_reply(v, type && !strcmp(type, "valid") ? 1 : 0);
 		free(v);
 	}
 }
@@ -1115,24 +1109,6 @@ static void on_xclose(void *ud)
 
 static const struct xs_callbacks xs_cb = {on_open, on_element, on_xclose};
 
-static const char *xs_condition(enum xs_error e)
-{
-	switch (e) {
-	case XS_ERR_RESTRICTED_XML:
-		return "restricted-xml";
-	case XS_ERR_POLICY:
-		return "policy-violation";
-	case XS_ERR_ENCODING:
-		return "unsupported-encoding";
-	case XS_ERR_INVALID_NS:
-		return "invalid-namespace";
-	case XS_ERR_MEMORY:
-		return "resource-constraint";
-	default:
-		return "bad-format";
-	}
-}
-
 static SSL_CTX *client_ctx(struct s2s *s)
 {
 	struct host *h = s->link ? host_find(s->link->local, strlen(s->link->local)) : NULL;
@@ -1169,7 +1145,7 @@ static void on_data(struct conn *c, const char *p, size_t n)
 	while (n && s->conn && !(s->flags & F_CLOSING)) {
 		ssize_t r = xmlstream_feed(s->xs, p, n);
 		if (r < 0) {
-			stream_close(s, xs_condition(xmlstream_error(s->xs)),
+			stream_close(s, xmlstream_condition(xmlstream_error(s->xs)),
 				     xmlstream_error(s->xs) == XS_ERR_POLICY
 					 ? xmlstream_error_text(s->xs)
 					 : NULL);
@@ -1376,14 +1352,7 @@ static void fail_verifies(struct s2s_link *l)
 	while (l->verifies) {
 		struct dbv *v = l->verifies;
 		l->verifies = v->next;
-		struct verify_done *d = calloc(1, sizeof(*d));
-		if (!d)
-			die_oom();
-		d->uid = v->reply_uid;
-		snprintf(d->local, sizeof(d->local), "%s", v->local);
-		snprintf(d->remote, sizeof(d->remote), "%s", v->remote);
-		d->result = -1;
-		loop_post(srv->workers[v->reply_worker].loop, verify_done_here, d);
+		verify_reply(v, -1);
 		free(v);
 	}
 }

@@ -622,6 +622,24 @@ enum xs_error xmlstream_error(const struct xmlstream *xs)
 	return xs->err;
 }
 
+const char *xmlstream_condition(enum xs_error e)
+{
+	switch (e) {
+	case XS_ERR_RESTRICTED_XML:
+		return "restricted-xml";
+	case XS_ERR_POLICY:
+		return "policy-violation";
+	case XS_ERR_ENCODING:
+		return "unsupported-encoding";
+	case XS_ERR_INVALID_NS:
+		return "invalid-namespace";
+	case XS_ERR_MEMORY:
+		return "resource-constraint";
+	default:
+		return "bad-format";
+	}
+}
+
 const char *xmlstream_error_text(const struct xmlstream *xs)
 {
 	return xs->err ? xs->err_text : "";

@@ -72,6 +72,9 @@ void xmlstream_pause(struct xmlstream *xs);
  * any partial input. */
 void xmlstream_reset(struct xmlstream *xs);
 enum xs_error xmlstream_error(const struct xmlstream *xs);
+/* The RFC 6120 §4.9.3 stream error condition for an error, for every
+ * transport that closes a stream on it. */
+const char *xmlstream_condition(enum xs_error e);
 const char *xmlstream_error_text(const struct xmlstream *xs); /* detail for logs */
 /* Bytes expat holds now, the most it ever held, and the cap (derived from
  * the limits); for metrics and tests. Any pointer may be NULL. */
