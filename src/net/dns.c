@@ -23,6 +23,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1120,7 +1121,34 @@ static void warmup_cb(void *mydata, int rcode, void *packet, int packet_len, int
 	*(bool *)mydata = true;
 }
 
+/* libunbound keeps process-wide state that its contexts set up and tear
+ * down without locking: each ub_ctx_create*() runs log_init(), which
+ * initialises a global mutex on first use and then locks it; the first
+ * query of each context runs listen_setup_locks() and ub_ctx_delete() runs
+ * listen_desetup_locks() on globals too. Workers start and stop together,
+ * so two of them doing this at once once re-initialised log_init()'s mutex
+ * while the other held it (glibc aborted: "mutex->__data.__owner == 0").
+ * Creation up to the first query, and deletion, take this lock. */
+static pthread_mutex_t ub_global = PTHREAD_MUTEX_INITIALIZER;
+
+static void ctx_delete(struct ub_ctx *ctx)
+{
+	pthread_mutex_lock(&ub_global);
+	ub_ctx_delete(ctx);
+	pthread_mutex_unlock(&ub_global);
+}
+
+static struct dns *dns_create(struct loop *l, const struct dns_conf *c, char *err, size_t errlen);
+
 struct dns *dns_new(struct loop *l, const struct dns_conf *c, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&ub_global);
+	struct dns *d = dns_create(l, c, err, errlen);
+	pthread_mutex_unlock(&ub_global);
+	return d;
+}
+
+static struct dns *dns_create(struct loop *l, const struct dns_conf *c, char *err, size_t errlen)
 {
 	struct dns *d = xcalloc(1, sizeof(*d));
 	d->loop = l;
@@ -1172,7 +1200,7 @@ struct dns *dns_new(struct loop *l, const struct dns_conf *c, char *err, size_t 
 	}
 	return d;
 fail:
-	ub_ctx_delete(d->ctx);
+	ub_ctx_delete(d->ctx); /* ub_global is held */
 	reap_cb(&d->reap);
 	loop_timer_cancel(l, &d->reap);
 	free(d);
@@ -1184,7 +1212,7 @@ static void dns_teardown(struct dns *d)
 {
 	/* Kills what is outstanding without calling back; the events it
 	 * frees land on d->dead. */
-	ub_ctx_delete(d->ctx);
+	ctx_delete(d->ctx);
 	d->ctx = NULL;
 	while (d->pending.head) {
 		struct dns_query *q = d->pending.head;

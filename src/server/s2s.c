@@ -1746,12 +1746,7 @@ void s2s_worker_start(struct worker *w)
 	    .trust_anchor_file = srv->cfg.dns_trust_anchor,
 	};
 	char err[256];
-	/* Workers start together; libunbound's context creation (its global
-	 * and OpenSSL set-up) is not known to be safe to run in parallel. */
-	static pthread_mutex_t dns_init = PTHREAD_MUTEX_INITIALIZER;
-	pthread_mutex_lock(&dns_init);
 	x->dns = dns_new(w->loop, &dc, err, sizeof(err));
-	pthread_mutex_unlock(&dns_init);
 	if (!x->dns)
 		LOG(LOG_ERROR, "worker %u: no DNS resolver (%s): federation is off", w->idx, err);
 }
