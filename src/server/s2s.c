@@ -21,7 +21,6 @@
 #include "server/server.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <openssl/crypto.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
