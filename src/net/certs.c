@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <idn2.h>
 #include <openssl/bn.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
@@ -1210,6 +1211,82 @@ enum cert_id cert_verify_server(X509_STORE *store, X509 *cert, STACK_OF(X509) * 
 	if (cert_verify_chain(store, cert, chain, CERT_USE_S2S, why, whylen) < 0)
 		return CERT_ID_NONE;
 	return cert_match_server(cert, domain, why, whylen);
+}
+
+/* RFC 6698 §2.1.2-2.1.3: the certificate (selector 0) or its
+ * SubjectPublicKeyInfo (1), in full (matching type 0), SHA-256 (1) or
+ * SHA-512 (2). */
+static bool tlsa_matches(X509 *x, const struct cert_tlsa *t)
+{
+	unsigned char *der = NULL;
+	int len;
+	if (t->selector == 0)
+		len = i2d_X509(x, &der);
+	else if (t->selector == 1)
+		len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
+	else
+		return false;
+	if (len <= 0)
+		return false;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	const unsigned char *v = der;
+	size_t vlen = (size_t)len;
+	bool ok = true;
+	if (t->mtype == 1 || t->mtype == 2) {
+		ok = EVP_Digest(der, (size_t)len, md, &mdlen,
+				t->mtype == 1 ? EVP_sha256() : EVP_sha512(), NULL) == 1;
+		v = md;
+		vlen = mdlen;
+	} else if (t->mtype != 0) {
+		ok = false;
+	}
+	ok = ok && vlen == t->len && CRYPTO_memcmp(v, t->data, vlen) == 0;
+	OPENSSL_free(der);
+	return ok;
+}
+
+int cert_dane_match(X509 *leaf, STACK_OF(X509) * chain, const char *domain,
+		    const struct cert_tlsa *r, size_t n, char *why, size_t whylen)
+{
+	size_t usable = 0;
+	char ta_why[200] = "";
+	if (!leaf) {
+		seterr(why, whylen, "no certificate presented");
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (r[i].usage == 3) {
+			usable++;
+			if (tlsa_matches(leaf, &r[i]))
+				return (int)i;
+		} else if (r[i].usage == 2) {
+			usable++;
+			for (int k = 0; k < sk_X509_num(chain); k++) {
+				X509 *ta = sk_X509_value(chain, k);
+				if (!X509_cmp(ta, leaf) || !tlsa_matches(ta, &r[i]))
+					continue;
+				/* The matched certificate is the only anchor. */
+				X509_STORE *st = X509_STORE_new();
+				if (!st || X509_STORE_add_cert(st, ta) != 1) {
+					X509_STORE_free(st);
+					continue;
+				}
+				enum cert_id id = cert_verify_server(st, leaf, chain, domain,
+								     ta_why, sizeof(ta_why));
+				X509_STORE_free(st);
+				if (id != CERT_ID_NONE)
+					return (int)i;
+			}
+		}
+	}
+	if (!usable)
+		seterr(why, whylen, "no usable TLSA records (only DANE-EE and DANE-TA count)");
+	else if (ta_why[0])
+		seterr(why, whylen, "a DANE-TA record matched an issuer, but %s", ta_why);
+	else
+		seterr(why, whylen, "certificate does not match the TLSA records");
+	return -1;
 }
 
 X509_STORE *cert_trust_store(const char *ca_file, char *err, size_t errlen)

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -107,6 +108,24 @@ int cert_verify_chain(X509_STORE *store, X509 *cert, STACK_OF(X509) * chain, enu
  * (may be NULL). */
 enum cert_id cert_verify_server(X509_STORE *store, X509 *cert, STACK_OF(X509) * chain,
 				const char *domain, char *why, size_t whylen);
+/* DANE (RFC 6698, RFC 7671) for a certificate that arrived without
+ * OpenSSL's DANE being set up in advance: a peer server's client
+ * certificate, whose domain is only known from its stream header.
+ * usage 3 (DANE-EE) matches the leaf, with no other check (RFC 7671 §5.1);
+ * usage 2 (DANE-TA) matches a certificate of chain, which must then issue
+ * a currently valid leaf that names domain (RFC 7671 §5.2). Usages 0 and 1
+ * (PKIX-TA/EE) are not used for XMPP servers (RFC 7673 §3.2 follows RFC
+ * 7672 §3.1.3) and are skipped, as are unknown selectors and matching
+ * types. Returns the index of the record that matched, or -1 with the
+ * reason in why. */
+struct cert_tlsa {
+	uint8_t usage, selector, mtype;
+	uint16_t len;
+	const unsigned char *data;
+};
+int cert_dane_match(X509 *leaf, STACK_OF(X509) * chain, const char *domain,
+		    const struct cert_tlsa *r, size_t n, char *why, size_t whylen);
+
 /* The system's trust store (OpenSSL's default paths) plus, if ca_file is
  * non-NULL, the PEM certificates in it. NULL with err on failure. Release
  * with X509_STORE_free(). */

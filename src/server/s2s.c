@@ -35,6 +35,7 @@
 #include "core/conn.h"
 #include "core/log.h"
 #include "net/certs.h"
+#include "net/dane.h"
 #include "net/dns.h"
 #include "server/module.h"
 #include "server/throttle.h"
@@ -79,6 +80,7 @@ enum s2s_dir { S2S_IN, S2S_OUT };
 #define F_CERT_CHECKS 0x400u  /* the check above was made */
 #define F_RESTART     0x800u  /* the XML layer paused for a stream restart */
 #define F_DANE	      0x1000u /* out: TLSA records were given to TLS (DANE decides) */
+#define F_WAIT_DANE   0x2000u /* in: features wait for the peer's TLSA records */
 
 struct pair {
 	char remote[JID_PART_MAX + 1];
@@ -108,7 +110,7 @@ struct s2s {
 	unsigned flags;
 	char stream_id[64];		    /* in: ours; out: the peer's */
 	char peer_domain[JID_PART_MAX + 1]; /* in: header 'from'; out: the remote */
-	char why_cert[160];		    /* why the certificate did not do */
+	char why_cert[240];		    /* why the certificate did not do */
 	char cert_domain[JID_PART_MAX + 1]; /* what F_CERT_OK was decided for */
 	struct timer timer;
 	uint64_t last_io;
@@ -119,6 +121,11 @@ struct s2s {
 	struct pair authed[MAX_AUTHED];
 	unsigned n_authed;
 	unsigned n_pending_db;
+	/* DANE for the peer's certificate (net/dane.h), once per domain. */
+	struct dane_lookup *dane;
+	char dane_domain[JID_PART_MAX + 1];
+	char *held; /* input that arrived while the lookup ran */
+	size_t n_held;
 	/* out */
 	struct s2s_link *link;
 };
@@ -250,6 +257,7 @@ static void link_deadline(struct timer *t);
 static void verify_timeout(struct timer *t);
 static void verify_reply(const struct dbv *v, int result);
 static void tlsa_done(void *ud, int rc, bool secure, const struct dns_tlsa *r, size_t n);
+static void on_data(struct conn *c, const char *p, size_t n);
 
 static struct buf *out(struct s2s *s)
 {
@@ -478,6 +486,8 @@ static void stream_unref_free(struct s2s *s)
 		s->next->prev = s->prev;
 	x->n_streams--;
 	loop_timer_cancel(s->w->loop, &s->timer);
+	dane_lookup_cancel(s->dane);
+	free(s->held);
 	xmlstream_free(s->xs);
 	free(s);
 }
@@ -549,6 +559,76 @@ static void in_send_features(struct s2s *s)
 	buf_adds(b, "</stream:features>");
 }
 
+/* The TLSA records of the peer's servers have arrived: a certificate
+ * that no CA vouched for may still match them (XEP-0178 EXTERNAL by DANE). */
+static void in_dane_done(void *ud, const struct dns_tlsa *r, size_t n, bool bogus)
+{
+	struct s2s *s = ud;
+	s->dane = NULL;
+	s->flags &= ~F_WAIT_DANE;
+	if (!s->conn || (s->flags & F_CLOSING))
+		return;
+	SSL *ssl = s->conn->ssl;
+	if (n && ssl && !strcmp(s->cert_domain, s->dane_domain)) {
+		struct cert_tlsa t[DANE_MAX_RECORDS];
+		for (size_t i = 0; i < n; i++)
+			t[i] = (struct cert_tlsa){r[i].usage, r[i].selector, r[i].mtype, r[i].len,
+						  r[i].data};
+		char why[200];
+		int k =
+		    cert_dane_match(SSL_get0_peer_certificate(ssl), SSL_get_peer_cert_chain(ssl),
+				    s->dane_domain, t, n, why, sizeof(why));
+		if (k >= 0) {
+			s->flags |= F_CERT_OK;
+			LOG(LOG_INFO,
+			    "s2s from %s: certificate valid (DANE-%s matched, TLSA %u %u %u of "
+			    "its servers)",
+			    s->dane_domain, r[k].usage == 3 ? "EE" : "TA", r[k].usage,
+			    r[k].selector, r[k].mtype);
+		} else {
+			snprintf(s->why_cert, sizeof(s->why_cert),
+				 "%s (DNSSEC-signed TLSA records)", why);
+			LOG(LOG_WARN, "s2s from %s: certificate not accepted: %s", s->dane_domain,
+			    s->why_cert);
+		}
+	} else if (bogus) {
+		LOG(LOG_WARN, "s2s from %s: DNSSEC validation of its SRV or TLSA records failed",
+		    s->dane_domain);
+	}
+	in_send_features(s);
+	conn_pause(s->conn, false);
+	if (s->n_held) {
+		char *p = s->held;
+		size_t len = s->n_held;
+		s->held = NULL;
+		s->n_held = 0;
+		on_data(s->conn, p, len);
+		free(p);
+	}
+}
+
+/* RFC 7673 with XEP-0344's reasoning applied to the initiating server: a
+ * certificate that fails the PKIX checks is looked up in the TLSA records
+ * of the peer domain's servers before the features are sent. Returns true
+ * when a lookup started (reading and parsing wait for it). */
+static bool in_start_dane(struct s2s *s)
+{
+	struct dns *d = sw(s->w)->dns;
+	if (!d || !(s->flags & F_TLS) || !s->conn || !s->conn->ssl || !s->peer_domain[0] ||
+	    s->n_authed || !SSL_get0_peer_certificate(s->conn->ssl) ||
+	    !strcmp(s->dane_domain, s->peer_domain) || check_cert(s, s->peer_domain))
+		return false;
+	snprintf(s->dane_domain, sizeof(s->dane_domain), "%s", s->peer_domain);
+	char *ascii = NULL;
+	cert_domain_ascii(s->peer_domain, &ascii);
+	s->dane = dane_lookup(d, ascii ? ascii : s->peer_domain, in_dane_done, s);
+	free(ascii);
+	s->flags |= F_WAIT_DANE;
+	conn_pause(s->conn, true);
+	xmlstream_pause(s->xs);
+	return true;
+}
+
 static void in_open(struct s2s *s, const struct xml_el *hdr, const char *default_ns)
 {
 	const char *to = xml_attr(hdr, "to");
@@ -580,6 +660,8 @@ static void in_open(struct s2s *s, const struct xml_el *hdr, const char *default
 		stream_close(s, "unsupported-version", NULL);
 		return;
 	}
+	if (in_start_dane(s))
+		return; /* the features follow the lookup */
 	in_send_features(s);
 }
 
@@ -910,7 +992,10 @@ static void out_features(struct s2s *s, struct xml_el *el)
 			  "The remote server's certificate does not match its TLSA records");
 		return;
 	}
-	if (cert && external) {
+	/* EXTERNAL proves us to the peer; what proves the peer to us is its
+	 * certificate, or else DNS alone, as with dialback (below), which its
+	 * policy must allow. */
+	if (external && (cert || dialback_ok(remote, s->flags & F_TLS))) {
 		char b64[((JID_PART_MAX + 2) / 3) * 4 + 4];
 		base64_encode((const unsigned char *)l->local, strlen(l->local), b64);
 		struct buf *b = out(s);
@@ -1155,6 +1240,18 @@ static void on_data(struct conn *c, const char *p, size_t n)
 		}
 		p += r;
 		n -= (size_t)r;
+		if (s->flags & F_WAIT_DANE) {
+			/* Kept until the TLSA records are in (in_dane_done). */
+			if (n) {
+				char *h = realloc(s->held, s->n_held + n);
+				if (!h)
+					die_oom();
+				memcpy(h + s->n_held, p, n);
+				s->held = h;
+				s->n_held += n;
+			}
+			return;
+		}
 		if (!(s->flags & F_RESTART) || !s->conn)
 			continue;
 		s->flags &= ~F_RESTART;

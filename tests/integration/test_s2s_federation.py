@@ -461,6 +461,26 @@ def test_dane_authenticates_a_self_signed_peer(fed):
     assert "DANE applies" in log and "DANE-EE matched" in log, log[-3000:]
 
 
+def test_dane_authenticates_an_incoming_self_signed_peer(fed):
+    """The other direction: b.example connects to a.example with its
+    self-signed certificate. a.example finds it in the TLSA records of
+    b.example's servers (signed SRV, then signed TLSA), offers SASL
+    EXTERNAL, and b.example authenticates with it; a.example would refuse
+    dialback from b.example (s2s_secure_domains)."""
+    a, b = fed(signed=True, a_extra='s2s_secure_domains: ["b.example"]\n',
+               b_tlsa=tlsa_for(lambda b: spki_sha256(b.cert)))
+    alice = Raw(a, "alice")
+    bob = Raw(b, "bob")
+    bob.send("<message to='alice@a.example/raw' type='chat'><body>in</body></message>")
+    m = alice.expect(lambda e: e.tag == C + "message", timeout=20, what="message over DANE")
+    assert m.find(C + "body").text == "in"
+    log = a.log()
+    assert "s2s from b.example: certificate valid (DANE-EE matched, TLSA 3 1 1" in log, \
+        log[-3000:]
+    assert "b.example to a.example: authenticated by SASL EXTERNAL" in log, log[-3000:]
+    assert "dialback refused" not in log
+
+
 def test_dane_mismatch_is_refused(fed):
     """The TLSA record names another key: the link is refused (no
     dialback fallback), and the sender gets its message back."""
@@ -472,6 +492,87 @@ def test_dane_mismatch_is_refused(fed):
     log = a.log()
     assert "does not match its DNSSEC-signed TLSA records" in log, log[-3000:]
     assert "ready (" not in log
+
+
+def test_dane_mismatch_refuses_an_incoming_peer(fed):
+    """b.example's TLSA records name another key: its certificate does not
+    authenticate it on a.example, which requires certificate or DANE for
+    b.example, so bob's message comes back."""
+    a, b = fed(signed=True, a_extra='s2s_secure_domains: ["b.example"]\n',
+               b_tlsa=tlsa_for(lambda b: "00" * 32))
+    bob = Raw(b, "bob")
+    bob.send("<message to='alice@a.example' type='chat' id='d2'><body>?</body></message>")
+    e = bob.expect(lambda e: e.get("id") == "d2", timeout=30, what="bounce")
+    assert e.get("type") == "error", ET.tostring(e)
+    log = a.log()
+    assert ("s2s from b.example: certificate not accepted: certificate does not match the "
+            "TLSA records (DNSSEC-signed TLSA records)") in log, log[-3000:]
+    assert "b.example to a.example: authenticated" not in log
+
+
+def second_ca_cert(authority, b):
+    """b.example's certificate from a CA that a.example does not trust."""
+    other = os.path.join(b.dir, "other-ca")
+    os.makedirs(other, exist_ok=True)
+    CA(other).issue("b.example", b.dir)
+    b.c2s_unverified = True
+
+
+def expired_cert(authority, b):
+    authority.issue("b.example", b.dir, expired=True)
+    b.c2s_unverified = True
+    time.sleep(1.5)  # not after == issuance: past now
+
+
+def wrong_name_cert(authority, b):
+    authority.issue("b.example", b.dir, names=["c.example"])
+    b.c2s_unverified = True
+
+
+BAD_CERTS = {
+    "wrong-name": (wrong_name_cert, "c.example"),
+    "expired": (expired_cert, "certificate has expired"),
+    "untrusted-ca": (second_ca_cert, "self-signed certificate in certificate chain"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CERTS))
+def test_bad_certificate_fails_sasl_external(fed, kind):
+    """XEP-0178 with a CA-issued certificate that is wrong for b.example in
+    one way. a.example requires certificate authentication of b.example:
+    it offers b.example no EXTERNAL, refuses its dialback, and refuses to
+    send to it; each decision is logged with the certificate's fault."""
+    make_cert, reason = BAD_CERTS[kind]
+    a, b = fed(ca=True, b_cert=make_cert, a_extra='s2s_secure_domains: ["b.example"]\n')
+    alice = Raw(a, "alice")
+    alice.send("<message to='bob@b.example' type='chat' id='o1'><body>?</body></message>")
+    e = alice.expect(lambda e: e.get("id") == "o1", timeout=30, what="bounce to alice")
+    assert e.get("type") == "error", ET.tostring(e)
+    bob = Raw(b, "bob")
+    bob.send("<message to='alice@a.example' type='chat' id='i1'><body>?</body></message>")
+    e = bob.expect(lambda e: e.get("id") == "i1", timeout=30, what="bounce to bob")
+    assert e.get("type") == "error", ET.tostring(e)
+    log = a.log()
+    for direction in ("to", "from"):
+        line = next((x for x in log.splitlines()
+                     if f"s2s {direction} b.example: certificate not accepted:" in x), None)
+        assert line and reason in line, (direction, log[-4000:])
+    assert "dialback refused by policy" in log, log[-4000:]
+    assert "authenticated by SASL EXTERNAL" not in log
+    assert "b.example to a.example: authenticated" not in log
+    # b.example, which trusts the CA and a.example's certificate, did
+    # offer and use EXTERNAL towards a.example (a's side is fine).
+    assert "s2s to a.example: certificate valid" in b.log(), b.log()[-3000:]
+
+
+def test_bad_certificate_falls_back_to_dialback(fed):
+    """Default policy: a certificate with the wrong name is not accepted,
+    and dialback over TLS authenticates instead."""
+    a, b = fed(ca=True, b_cert=wrong_name_cert)
+    chat(a, b)
+    log = a.log()
+    assert "s2s from b.example: certificate not accepted" in log, log[-3000:]
+    assert "b.example to a.example: authenticated by dialback" in log, log[-3000:]
 
 
 def test_failover_to_the_next_srv_target(fed):

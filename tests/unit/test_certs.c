@@ -1407,6 +1407,84 @@ static void test_request_errors(void **state)
 	assert_int_equal(count_entries(t->dir), 0);
 }
 
+/* DANE --------------------------------------------------------------------- */
+
+/* Association data of x for selector sel, matching type mt, into out. */
+static uint16_t tlsa_data(X509 *x, int sel, int mt, unsigned char *out)
+{
+	unsigned char *der = NULL;
+	int len = sel ? i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der) : i2d_X509(x, &der);
+	unsigned n = 0;
+
+	assert_true(len > 0);
+	if (mt == 0) {
+		memcpy(out, der, (size_t)len);
+		n = (unsigned)len;
+	} else {
+		assert_int_equal(EVP_Digest(der, (size_t)len, out, &n,
+					    mt == 1 ? EVP_sha256() : EVP_sha512(), NULL),
+				 1);
+	}
+	OPENSSL_free(der);
+	return (uint16_t)n;
+}
+
+static void test_dane_match(void **state)
+{
+	struct pki *p = pki_new();
+	X509 *x = leaf(p, 0, 0, NULL);
+	X509 *expired = leaf(p, -30, -1, NULL);
+	STACK_OF(X509) *chain = sk_X509_new_null();
+	unsigned char d[4][4096];
+	char why[256];
+
+	sk_X509_push(chain, p->root);
+	struct cert_tlsa r[4] = {
+	    {3, 1, 1, tlsa_data(x, 1, 1, d[0]), d[0]},	     /* DANE-EE SPKI SHA-256 */
+	    {3, 0, 2, tlsa_data(x, 0, 2, d[1]), d[1]},	     /* DANE-EE cert SHA-512 */
+	    {3, 0, 0, tlsa_data(x, 0, 0, d[2]), d[2]},	     /* DANE-EE cert in full */
+	    {2, 1, 1, tlsa_data(p->root, 1, 1, d[3]), d[3]}, /* DANE-TA: the root */
+	};
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(
+		    cert_dane_match(x, NULL, "example.com", &r[i], 1, why, sizeof(why)), 0);
+	/* DANE-EE ignores names and dates (RFC 7671 §5.1). */
+	assert_int_equal(cert_dane_match(x, NULL, "other.example", r, 1, why, sizeof(why)), 0);
+	/* Another certificate of the same CA does not match DANE-EE records. */
+	assert_int_equal(cert_dane_match(expired, NULL, "example.com", r, 3, why, sizeof(why)), -1);
+	assert_string_equal(why, "certificate does not match the TLSA records");
+	/* DANE-TA: the root (sent in the chain) issues a leaf naming the domain. */
+	assert_int_equal(cert_dane_match(x, chain, "example.com", &r[3], 1, why, sizeof(why)), 0);
+	assert_int_equal(cert_dane_match(x, chain, "example.org", &r[3], 1, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "a DANE-TA record matched an issuer, but certificate names"));
+	assert_int_equal(cert_dane_match(expired, chain, "example.com", &r[3], 1, why, sizeof(why)),
+			 -1);
+	assert_non_null(strstr(why, "certificate has expired"));
+	/* The anchor must come with the chain: a TA record alone proves nothing. */
+	assert_int_equal(cert_dane_match(x, NULL, "example.com", &r[3], 1, why, sizeof(why)), -1);
+	/* PKIX-EE (usage 1) is not used for XMPP servers. */
+	struct cert_tlsa pkix = r[0];
+	pkix.usage = 1;
+	assert_int_equal(cert_dane_match(x, NULL, "example.com", &pkix, 1, why, sizeof(why)), -1);
+	assert_string_equal(why, "no usable TLSA records (only DANE-EE and DANE-TA count)");
+	/* A flipped bit, an unknown matching type, a short record. */
+	struct cert_tlsa bad = r[0];
+	d[0][5] ^= 1;
+	assert_int_equal(cert_dane_match(x, NULL, "example.com", &bad, 1, why, sizeof(why)), -1);
+	bad = r[1];
+	bad.mtype = 9;
+	assert_int_equal(cert_dane_match(x, NULL, "example.com", &bad, 1, why, sizeof(why)), -1);
+	bad = r[1];
+	bad.len = 32;
+	assert_int_equal(cert_dane_match(x, NULL, "example.com", &bad, 1, why, sizeof(why)), -1);
+	assert_int_equal(cert_dane_match(NULL, NULL, "example.com", r, 4, why, sizeof(why)), -1);
+	assert_string_equal(why, "no certificate presented");
+	sk_X509_free(chain);
+	X509_free(x);
+	X509_free(expired);
+	pki_free(p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1435,6 +1513,7 @@ int main(void)
 	    cmocka_unit_test(test_verify_self_signed),
 	    cmocka_unit_test(test_verify_intermediate),
 	    cmocka_unit_test(test_verify_purpose),
+	    cmocka_unit_test(test_dane_match),
 	    cmocka_unit_test_setup_teardown(test_trust_store, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_load_chain, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_request, setup, teardown),
