@@ -35,10 +35,13 @@ static const struct spec_row core_specs[] = {
     {"XEP-0220", "Server Dialback", "complete",
      "only over TLS, off for s2s_secure_domains; piggybacking of several domains"},
     {"XEP-0185", "Dialback Key Generation and Validation", "complete", "HMAC-SHA256"},
-    {"XEP-0288", "Bidirectional Server-to-Server Connections", "planned", ""},
-    {"RFC 7673 / RFC 6698", "DANE for XMPP", "partial",
+    {"XEP-0288", "Bidirectional Server-to-Server Connections", "complete",
+     "asked for on our streams when offered; offered on incoming ones, which then carry our "
+     "stanzas unless we have a stream of our own"},
+    {"RFC 7673 / RFC 6698", "DANE for XMPP", "complete",
      "outgoing links: DNSSEC-validated SRV and TLSA records, DANE-EE and DANE-TA (OpenSSL's "
-     "DANE), a mismatch refuses the link; incoming streams do not use DANE yet"},
+     "DANE), a mismatch refuses the link; incoming streams: a certificate no CA vouches for "
+     "is checked against the TLSA records of the peer domain's servers"},
     {"XEP-0440", "SASL Channel-Binding Type Capability", "complete", ""},
     {"XEP-0478", "Stream Limits Advertisement", "complete", "max-bytes and idle-seconds"},
     {NULL, NULL, NULL, NULL},

@@ -149,14 +149,14 @@ static const struct opt opts[] = {
      .def = true,
      .doc = "Authenticate a peer server by dialback (XEP-0220) when its certificate does not "
 	    "(self-signed, or not naming it), and only ever over TLS. Off: every peer needs a "
-	    "certificate that validates for its domain (or, for our outgoing links, DANE)."},
+	    "certificate that validates for its domain, or DANE."},
     {.name = "s2s_secure_domains",
      .type = OPT_LIST,
      .off = OFF(s2s_secure_domains),
      .off_n = OFF(n_s2s_secure_domains),
      .check = check_domain,
      .doc = "Peer domains that must prove who they are with a certificate valid for them "
-	    "(or, on our outgoing links, DANE): dialback is never accepted from them, and DNS "
+	    "(or DANE): dialback is never accepted from them, and DNS "
 	    "alone is never trusted to reach them."},
     {.name = "s2s_insecure_domains",
      .type = OPT_LIST,

@@ -45,6 +45,8 @@
 
 #define NS_DIALBACK	    "jabber:server:dialback"	 /* XEP-0220 */
 #define NS_DIALBACK_FEATURE "urn:xmpp:features:dialback" /* XEP-0220 §2.1 */
+#define NS_BIDI		    "urn:xmpp:bidi"		 /* XEP-0288 */
+#define NS_BIDI_FEATURE	    "urn:xmpp:features:bidi"	 /* XEP-0288 §2.1 */
 #define S2S_PORT	    5269
 #define SETUP_DEADLINE_MS   30000  /* DNS, connect, TLS and authentication */
 #define CONNECT_TIMEOUT_MS  10000  /* one address */
@@ -81,6 +83,7 @@ enum s2s_dir { S2S_IN, S2S_OUT };
 #define F_RESTART     0x800u  /* the XML layer paused for a stream restart */
 #define F_DANE	      0x1000u /* out: TLSA records were given to TLS (DANE decides) */
 #define F_WAIT_DANE   0x2000u /* in: features wait for the peer's TLSA records */
+#define F_BIDI	      0x4000u /* XEP-0288 negotiated: stanzas flow both ways */
 
 struct pair {
 	char remote[JID_PART_MAX + 1];
@@ -139,7 +142,9 @@ struct target {
 
 #define MAX_TLSA 8
 
-enum link_state { LS_IDLE, LS_RESOLVING, LS_CONNECTING, LS_READY };
+/* LS_BIDI: no stream of our own; stanzas go over an incoming stream on
+ * which the peer enabled XEP-0288 (on worker bidi_worker, uid bidi_uid). */
+enum link_state { LS_IDLE, LS_RESOLVING, LS_CONNECTING, LS_READY, LS_BIDI };
 
 struct s2s_link {
 	struct s2s_link *next;
@@ -168,6 +173,8 @@ struct s2s_link {
 	struct timer deadline; /* setup; then idle */
 	struct timer vtimer;   /* the oldest dialback verification's deadline */
 	uint64_t retry_at;     /* after a failure: bounce at once until then */
+	unsigned bidi_worker;
+	uint64_t bidi_uid;
 	unsigned backoff_s;
 	const char *fail_text; /* the last failure, for the bounces */
 	bool fail_timeout;
@@ -258,6 +265,7 @@ static void verify_timeout(struct timer *t);
 static void verify_reply(const struct dbv *v, int result);
 static void tlsa_done(void *ud, int rc, bool secure, const struct dns_tlsa *r, size_t n);
 static void on_data(struct conn *c, const char *p, size_t n);
+static void bidi_announce(struct s2s *s, const struct pair *p, bool up);
 
 static struct buf *out(struct s2s *s)
 {
@@ -485,6 +493,10 @@ static void stream_unref_free(struct s2s *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	x->n_streams--;
+	/* (Not at shutdown: the other workers' loops may be gone.) */
+	if ((s->flags & F_BIDI) && !x->shutting_down)
+		for (unsigned i = 0; i < s->n_authed; i++)
+			bidi_announce(s, &s->authed[i], false);
 	loop_timer_cancel(s->w->loop, &s->timer);
 	dane_lookup_cancel(s->dane);
 	free(s->held);
@@ -523,6 +535,8 @@ static void in_authorize(struct s2s *s, const char *remote, const char *local, c
 	snprintf(p->local, sizeof(p->local), "%s", local);
 	LOG(LOG_INFO, "s2s from %s to %s: authenticated by %s (from %s)", remote, local, how,
 	    s->conn ? s->conn->peer_ip : "?");
+	if (s->flags & F_BIDI)
+		bidi_announce(s, p, true);
 	if (s->ip_gauge) {
 		throttle_gauge_dec(s->ip_gauge);
 		s->ip_gauge = 0;
@@ -556,6 +570,9 @@ static void in_send_features(struct s2s *s)
 	 * a reason (XEP-0220 §2.4). */
 	if (srv->cfg.s2s_dialback && ((s->flags & F_TLS) || insecure))
 		buf_adds(b, "<dialback xmlns='" NS_DIALBACK_FEATURE "'><errors/></dialback>");
+	/* XEP-0288 §2.1; enabling it needs TLS first (§2.2). */
+	if (s->flags & F_TLS)
+		buf_adds(b, "<bidi xmlns='" NS_BIDI_FEATURE "'/>");
 	buf_adds(b, "</stream:features>");
 }
 
@@ -872,6 +889,21 @@ static void in_db_verify(struct s2s *s, struct xml_el *el, struct arena *a)
 	buf_printf(b, "' type='%s'/>", ok ? "valid" : "invalid");
 }
 
+/* Whether the peer may send a stanza from domain remote to our domain
+ * local on this stream. */
+static bool may_receive(const struct s2s *s, const char *remote, const char *local)
+{
+	if (s->dir == S2S_IN)
+		return in_is_authed(s, remote, local);
+	/* XEP-0288 §2.2: over our own stream, once we are authenticated to
+	 * the peer, and only from its domain to ours. Our policy accepted the
+	 * peer's identity before we went ahead (out_features). */
+	return (s->flags & F_BIDI) && (s->flags & F_READY) && s->link &&
+	       !strcmp(remote, s->peer_domain) && !strcmp(local, s->link->local);
+}
+
+/* A stanza from the peer: on an incoming stream, or on our outgoing one
+ * when XEP-0288 is on. */
 static void in_stanza(struct s2s *s, struct xml_el *el, struct arena *a)
 {
 	if (strcmp(el->name, "message") && strcmp(el->name, "presence") && strcmp(el->name, "iq")) {
@@ -901,7 +933,7 @@ static void in_stanza(struct s2s *s, struct xml_el *el, struct arena *a)
 		stream_close(s, "host-unknown", "We do not serve that domain");
 		return;
 	}
-	if (!in_is_authed(s, fd, td)) {
+	if (!may_receive(s, fd, td)) {
 		/* RFC 6120 §4.9.3.9, §13.7.2: only what the peer proved it is. */
 		stanza_free(st);
 		stream_close(s, "invalid-from", "That domain is not authenticated on this stream");
@@ -911,7 +943,8 @@ static void in_stanza(struct s2s *s, struct xml_el *el, struct arena *a)
 		route_error(st, (enum st_err)err, NULL);
 		return;
 	}
-	LOG(LOG_DEBUG, "s2s from %s: %s from %s to %s", fd, el->name, st->from.s, st->to.s);
+	LOG(LOG_DEBUG, "s2s from %s: %s from %s to %s%s", fd, el->name, st->from.s, st->to.s,
+	    s->dir == S2S_OUT ? " (on our stream, XEP-0288)" : "");
 	route(st, NULL);
 }
 
@@ -991,6 +1024,14 @@ static void out_features(struct s2s *s, struct xml_el *el)
 		link_fail(l, false,
 			  "The remote server's certificate does not match its TLSA records");
 		return;
+	}
+	if ((s->flags & F_TLS) && !(s->flags & F_BIDI) && xml_child(el, NS_BIDI_FEATURE, "bidi")) {
+		/* XEP-0288 §2.2: before SASL or dialback; there is no answer. The
+		 * peer may then send us its stanzas on this stream. */
+		struct buf *b = out(s);
+		if (b)
+			buf_adds(b, "<bidi xmlns='" NS_BIDI "'/>");
+		s->flags |= F_BIDI;
 	}
 	/* EXTERNAL proves us to the peer; what proves the peer to us is its
 	 * certificate, or else DNS alone, as with dialback (below), which its
@@ -1140,12 +1181,22 @@ static void on_element(void *ud, struct xml_el *el, struct arena *a)
 			s->flags |= F_TLS | F_RESTART;
 			s->flags &= ~F_OPENED;
 			xmlstream_pause(s->xs);
-		} else if (!strcmp(el->ns, NS_SASL))
+		} else if (!strcmp(el->ns, NS_SASL)) {
 			out_sasl(s, el);
-		else if (!strcmp(el->ns, NS_DIALBACK))
-			out_db(s, el);
+		} else if (!strcmp(el->ns, NS_DIALBACK)) {
+			/* With XEP-0288 the peer may ask us, its authoritative
+			 * server, to verify a key here (no type: a request). */
+			if ((s->flags & F_BIDI) && !strcmp(el->name, "verify") &&
+			    !xml_attr(el, "type"))
+				in_db_verify(s, el, a);
+			else
+				out_db(s, el);
+		} else if ((s->flags & F_BIDI) && !strcmp(el->ns, NS_SERVER)) {
+			in_stanza(s, el, a); /* takes a */
+			return;
+		}
 		/* Anything else on an outgoing stream (RFC 6120 §4.1: one
-		 * direction) is ignored. */
+		 * direction, unless XEP-0288) is ignored. */
 		arena_free(a);
 		return;
 	}
@@ -1167,6 +1218,19 @@ static void on_element(void *ud, struct xml_el *el, struct arena *a)
 	if (!(s->flags & F_TLS) && !(s->peer_domain[0] && insecure_ok(s->peer_domain))) {
 		arena_free(a);
 		stream_close(s, "policy-violation", "STARTTLS is required first");
+		return;
+	}
+	if (!strcmp(el->ns, NS_BIDI) && !strcmp(el->name, "bidi")) {
+		/* XEP-0288 §2.2 (TLS is on: checked above). Pairs already
+		 * authenticated become routes now; later ones as they come. */
+		arena_free(a);
+		if (!(s->flags & F_BIDI)) {
+			s->flags |= F_BIDI;
+			LOG(LOG_DEBUG, "s2s from %s: bidirectional stream requested (XEP-0288)",
+			    s->peer_domain);
+			for (unsigned i = 0; i < s->n_authed; i++)
+				bidi_announce(s, &s->authed[i], true);
+		}
 		return;
 	}
 	if (!strcmp(el->ns, NS_SASL))
@@ -1715,7 +1779,7 @@ static bool link_usable(struct s2s_link *l)
 {
 	if (l->fail_text && loop_now(l->w->loop) < l->retry_at)
 		return false;
-	if (sw(l->w)->shutting_down && l->state != LS_READY) {
+	if (sw(l->w)->shutting_down && l->state != LS_READY && l->state != LS_BIDI) {
 		l->fail_text = "The server is shutting down";
 		l->retry_at = UINT64_MAX;
 		return false;
@@ -1738,6 +1802,12 @@ static void link_verify(struct dbv *v)
 		free(v);
 		return;
 	}
+	if (l->state == LS_BIDI) {
+		/* XEP-0288 §2.2 forbids verifying a key on the connection that
+		 * carried it; rather than track which that was, verifications
+		 * get a stream of our own, which then carries our stanzas too. */
+		l->state = LS_IDLE;
+	}
 	v->since = loop_now(l->w->loop);
 	v->next = l->verifies;
 	l->verifies = v;
@@ -1748,6 +1818,92 @@ static void link_verify(struct dbv *v)
 		return;
 	}
 	out_send_verifies(l);
+}
+
+/* --- XEP-0288: the peer's incoming stream carries our stanzas too --- */
+
+struct bidi_msg {
+	char local[JID_PART_MAX + 1], remote[JID_PART_MAX + 1];
+	unsigned worker; /* where the stream is */
+	uint64_t uid;
+	struct stanza *st; /* bidi_send_here only */
+};
+
+static void send_posted(void *arg);
+
+static void bidi_post(unsigned to, post_fn *fn, const char *local, const char *remote,
+		      unsigned worker, uint64_t uid, struct stanza *st)
+{
+	struct bidi_msg *m = calloc(1, sizeof(*m));
+	if (!m)
+		die_oom();
+	snprintf(m->local, sizeof(m->local), "%s", local);
+	snprintf(m->remote, sizeof(m->remote), "%s", remote);
+	m->worker = worker;
+	m->uid = uid;
+	m->st = st;
+	loop_post(srv->workers[to].loop, fn, m);
+}
+
+/* On the owner of the remote domain: it authenticated on a stream that
+ * enabled XEP-0288, which becomes our route to it unless we have (or are
+ * setting up) one of our own. */
+static void bidi_up_here(void *arg)
+{
+	struct bidi_msg *m = arg;
+	struct s2s_link *l = link_find(worker_current(), m->local, m->remote, true);
+	if (l && l->state == LS_IDLE && !l->s && !l->nq && !l->verifies &&
+	    !sw(l->w)->shutting_down) {
+		l->state = LS_BIDI;
+		l->bidi_worker = m->worker;
+		l->bidi_uid = m->uid;
+		l->fail_text = NULL;
+		l->retry_at = 0;
+		l->backoff_s = 0;
+		LOG(LOG_INFO,
+		    "s2s to %s from %s: ready (the peer's bidirectional stream, XEP-0288)",
+		    l->remote, l->local);
+	}
+	free(m);
+}
+
+/* On the owner: that stream is gone. */
+static void bidi_down_here(void *arg)
+{
+	struct bidi_msg *m = arg;
+	struct s2s_link *l = link_find(worker_current(), m->local, m->remote, false);
+	if (l && l->state == LS_BIDI && l->bidi_worker == m->worker && l->bidi_uid == m->uid)
+		l->state = LS_IDLE;
+	free(m);
+}
+
+/* On the stream's worker: one of our stanzas to write on it. */
+static void bidi_send_here(void *arg)
+{
+	struct bidi_msg *m = arg;
+	struct s2s *s = stream_find(worker_current(), m->uid);
+	if (s && s->conn && !(s->flags & F_CLOSING) && in_is_authed(s, m->remote, m->local)) {
+		struct buf *b = out(s);
+		if (b)
+			xml_serialize(m->st->el, NS_CLIENT, b);
+		s->last_io = loop_now(s->w->loop);
+		stanza_free(m->st);
+		free(m);
+		return;
+	}
+	/* It closed meanwhile: the owner stops using it, then the stanza goes
+	 * the usual way (both posts keep their order). */
+	unsigned owner = owner_of(m->remote);
+	struct stanza *st = m->st;
+	m->st = NULL;
+	loop_post(srv->workers[owner].loop, bidi_down_here, m);
+	loop_post(srv->workers[owner].loop, send_posted, st);
+}
+
+static void bidi_announce(struct s2s *s, const struct pair *p, bool up)
+{
+	bidi_post(owner_of(p->remote), up ? bidi_up_here : bidi_down_here, p->local, p->remote,
+		  s->w->idx, s->uid, NULL);
 }
 
 static void send_posted(void *arg)
@@ -1770,6 +1926,13 @@ static void send_posted(void *arg)
 		old->link = NULL;
 		l->s = NULL;
 		l->state = LS_IDLE;
+	}
+	if (l->state == LS_BIDI) {
+		LOG(LOG_DEBUG, "s2s to %s: %s from %s to %s (over the peer's stream)", remote,
+		    st->el->name, st->from.s, st->to.s);
+		bidi_post(l->bidi_worker, bidi_send_here, local, remote, l->bidi_worker,
+			  l->bidi_uid, st);
+		return;
 	}
 	if (!link_usable(l)) {
 		route_error(st,
@@ -1915,10 +2078,11 @@ void s2s_worker_done(struct worker *w)
 	struct s2s_worker *x = w->s2s;
 	if (!x)
 		return;
-	while (x->streams)
-		stream_unref_free(x->streams);
 	if (x->shutting_down)
 		loop_timer_cancel(w->loop, &x->shutdown);
+	x->shutting_down = true;
+	while (x->streams)
+		stream_unref_free(x->streams);
 	while (x->links) {
 		struct s2s_link *l = x->links;
 		x->links = l->next;

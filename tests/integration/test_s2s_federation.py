@@ -255,12 +255,12 @@ def test_presence_subscription_across_servers(fed):
 
 
 def test_sasl_external_with_ca_certificates(fed):
+    """a connects and authenticates with its certificate; b's replies take
+    the same stream (XEP-0288), so each server's log shows one side."""
     a, b = fed(ca=True)
     chat(a, b)
-    for s in (a, b):
-        log = s.log()
-        assert "authenticated by SASL EXTERNAL" in log, log[-3000:]
-        assert "ready (SASL EXTERNAL)" in log
+    assert "a.example to b.example: authenticated by SASL EXTERNAL" in b.log(), b.log()[-3000:]
+    assert "s2s to b.example from a.example: ready (SASL EXTERNAL)" in a.log(), a.log()[-3000:]
 
 
 def test_direct_tls_only(fed):
@@ -569,7 +569,11 @@ def test_bad_certificate_falls_back_to_dialback(fed):
     """Default policy: a certificate with the wrong name is not accepted,
     and dialback over TLS authenticates instead."""
     a, b = fed(ca=True, b_cert=wrong_name_cert)
-    chat(a, b)
+    alice = Raw(a, "alice")
+    bob = Raw(b, "bob")
+    bob.send("<message to='alice@a.example/raw' type='chat' id='f1'><body>hi</body></message>")
+    m = alice.expect(lambda e: e.get("id") == "f1", timeout=20, what="message from b.example")
+    assert m.find(C + "body").text == "hi"
     log = a.log()
     assert "s2s from b.example: certificate not accepted" in log, log[-3000:]
     assert "b.example to a.example: authenticated by dialback" in log, log[-3000:]
@@ -625,3 +629,65 @@ def test_second_sasl_after_restart_is_refused(fed):
     assert b"<success" not in got, got
     assert "authenticated by SASL EXTERNAL (certificate) (from 127.0.0.1)" in a.log()
     assert "victim.example to a.example: authenticated" not in a.log()
+
+
+def test_bidirectional_streams_between_parleys(fed):
+    """XEP-0288 between two Parleys authenticating with certificates: a
+    connects to b, asks for bidi, and b's reply comes back over a's stream;
+    neither server accepts a second connection."""
+    a, b = fed(ca=True)
+    chat(a, b)
+    assert "s2s to a.example from b.example: ready (the peer's bidirectional stream" in \
+        b.log(), b.log()[-3000:]
+    assert "(on our stream, XEP-0288)" in a.log(), a.log()[-3000:]
+    assert "s2s connection from" not in a.log()
+    assert "s2s to a.example: connected" not in b.log()
+
+
+def test_bidirectional_stream_gone_falls_back_to_own_connection(fed):
+    """A raw peer claiming b.example (with b's certificate) asks for bidi
+    and authenticates with EXTERNAL; a's reply goes over that stream. Once
+    it closes, a's next stanza opens a connection of its own to b."""
+    import socket
+    import ssl
+    from conftest import recv_until
+    a, b = fed(ca=True)
+    alice = Raw(a, "alice")
+    alice.presence()
+    s = socket.create_connection(("127.0.0.1", a.s2s), timeout=10)
+    s.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    recv_until(s, b"</stream:features>")
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    recv_until(s, b"/>")
+    ctx = ssl.create_default_context(cafile=b.cafile)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(b.cert, b.key)
+    t = ctx.wrap_socket(s, server_hostname="a.example")
+    t.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    feats = recv_until(t, b"</stream:features>")
+    assert b"urn:xmpp:features:bidi" in feats, feats
+    t.sendall(b"<bidi xmlns='urn:xmpp:bidi'/>"
+              b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+    assert b"<success" in recv_until(t, b"/>")
+    t.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    recv_until(t, b"</stream:features>")
+    t.sendall(b"<message from='bob@b.example/x' to='alice@a.example/raw' type='chat' id='q1'>"
+              b"<body>over bidi</body></message>")
+    m = alice.expect(lambda e: e.get("id") == "q1", timeout=10, what="message from the raw peer")
+    assert m.find(C + "body").text == "over bidi"
+    # The owner worker may learn of the stream a moment after the message
+    # was routed; wait for the log line before replying.
+    end = time.time() + 10
+    while "ready (the peer's bidirectional stream" not in a.log() and time.time() < end:
+        time.sleep(0.05)
+    alice.send("<message to='bob@b.example/x' type='chat' id='r1'><body>reply</body></message>")
+    got = recv_until(t, b"</message>", timeout=10)
+    assert b"reply" in got and b"from='alice@a.example/raw'" in got.replace(b'"', b"'"), got
+    t.sendall(b"</stream:stream>")
+    t.close()
+    time.sleep(0.5)
+    bob = Raw(b, "bob")
+    alice.send("<message to='bob@b.example/raw' type='chat' id='r2'><body>own</body></message>")
+    m = bob.expect(lambda e: e.get("id") == "r2", timeout=20, what="message over a's own link")
+    assert m.find(C + "body").text == "own"
+    assert "s2s to b.example: connected" in a.log(), a.log()[-3000:]

@@ -26,7 +26,7 @@ PROSODYCTL = shutil.which("prosodyctl")
 
 
 class Prosody:
-    def __init__(self, root, domain, dns, ca, trust_ca):
+    def __init__(self, root, domain, dns, ca, trust_ca, bidi=False):
         self.domain = domain
         self.dir = os.path.join(root, "prosody")
         os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
@@ -55,8 +55,8 @@ http_ports = {{ }}
 https_ports = {{ }}
 component_ports = {{ }}
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version";
-	"posix" }}
-modules_disabled = {{ "offline"; "c2s_limits"; "s2s_bidi" }}
+	"posix"; {'"s2s_bidi"' if bidi else ""} }}
+modules_disabled = {{ "offline"; "c2s_limits"; {'' if bidi else '"s2s_bidi"'} }}
 authentication = "internal_hashed"
 storage = "internal"
 c2s_require_encryption = true
@@ -109,7 +109,7 @@ def pair(tmp_path):
     assert PROSODY and PROSODYCTL, "prosody is not installed: scripts/deps.sh test"
     made = []
 
-    def make(certs, transport):
+    def make(certs, transport, bidi=False):
         root = str(tmp_path)
         ca = CA(root)
 
@@ -130,7 +130,7 @@ def pair(tmp_path):
             f"_xmpps-server._tcp.p.example. 60 IN SRV 10 5 {p_ports['s2s_tls']} p.example."]
         dns = DnsBed(root, zones={"example": zone})
         made.append(dns)
-        p = Prosody(root, "p.example", dns, ca, trust_ca=certs)
+        p = Prosody(root, "p.example", dns, ca, trust_ca=certs, bidi=bidi)
         # The ports named in DNS.
         p.s2s, p.s2s_tls = p_ports["s2s"], p_ports["s2s_tls"]
         with open(p.conf) as f:
@@ -245,6 +245,52 @@ def test_prosody_with_dialback(pair, transport):
     assert "authenticated by dialback" in log, log[-4000:]
     assert "ready (dialback)" in log, log[-4000:]
     check_transport(log, transport)
+
+
+def test_prosody_bidirectional_over_our_stream(pair):
+    """XEP-0288: Prosody offers bidi, Parley asks for it on its outgoing
+    stream, and Prosody sends its own traffic (replies, IQs, subscription
+    stanzas) back over that one connection: Parley accepts none."""
+    a, p = pair(certs=True, transport="starttls", bidi=True)
+    run_exchange(a, p)
+    log = a.log()
+    assert "s2s connection from" not in log, log[-4000:]
+    assert ("s2s from p.example: message from pat@p.example/t to alice@a.example/raw "
+            "(on our stream, XEP-0288)") in log, log[-4000:]
+    assert "Requested bidirectional stream" in p.log(), p.log()[-3000:]
+
+
+def test_prosody_bidirectional_over_its_stream(pair):
+    """XEP-0288 the other way: Prosody connects first and asks for bidi;
+    Parley's replies go back over Prosody's stream, and Parley opens no
+    connection of its own."""
+    a, p = pair(certs=True, transport="direct", bidi=True)
+
+    async def go():
+        pat = await pat_client(p)
+        alice = Raw(a, "alice")
+        alice.presence()
+        loop = asyncio.get_event_loop()
+        try:
+            pat.send_message(mto="alice@a.example/raw", mbody="first", mtype="chat")
+            got = await loop.run_in_executor(None, lambda: alice.expect(
+                lambda e: e.tag == C + "message", timeout=20, what="message from Prosody"))
+            assert got.find(C + "body").text == "first"
+            alice.send("<message to='pat@p.example/t' type='chat'><body>back</body></message>")
+            m = await next_message(pat)
+            assert m["body"] == "back"
+            alice.send("<iq type='get' id='bp' to='p.example'><ping xmlns='urn:xmpp:ping'/></iq>")
+            r = await loop.run_in_executor(None, lambda: alice.expect(
+                lambda e: e.get("id") == "bp", timeout=20, what="ping answer"))
+            assert r.get("type") == "result"
+        finally:
+            await pat.close()
+    asyncio.run(go())
+    log = a.log()
+    assert "s2s to p.example from a.example: ready (the peer's bidirectional stream" in log, \
+        log[-4000:]
+    assert "s2s to p.example: connected" not in log, log[-4000:]
+    assert "Requesting bidirectional stream" in p.log(), p.log()[-3000:]
 
 
 EJABBERDCTL = shutil.which("ejabberdctl")
