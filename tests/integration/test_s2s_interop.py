@@ -300,7 +300,7 @@ class Ejabberd:
     """ejabberd 23.01 from Debian, serving `domain`, resolving through the
     DNS bed (Erlang's inet_res, pointed at it by an inetrc file)."""
 
-    def __init__(self, root, domain, dns, ca, trust_ca, s2s_port):
+    def __init__(self, root, domain, dns, ca, trust_ca, s2s_port, s2s_tls_port):
         import tempfile
         self.domain = domain
         # ejabberd runs as its own user, which cannot enter pytest's private
@@ -311,6 +311,7 @@ class Ejabberd:
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         self.c2s = free_port()
         self.s2s = s2s_port
+        self.s2s_tls = s2s_tls_port
         crt, key = ca.issue(domain, self.dir)
         self.cafile = ca.cert
         self.pem = os.path.join(self.dir, domain + ".pem")
@@ -339,6 +340,7 @@ s2s_use_starttls: required
 listen:
   - {{port: {self.c2s}, ip: "127.0.0.1", module: ejabberd_c2s, starttls_required: true}}
   - {{port: {self.s2s}, ip: "127.0.0.1", module: ejabberd_s2s_in}}
+  - {{port: {self.s2s_tls}, ip: "127.0.0.1", module: ejabberd_s2s_in, tls: true}}
 auth_method: internal
 acl:
   local: {{user_regexp: ""}}
@@ -417,20 +419,23 @@ def ejpair(tmp_path):
         a = FedServer(root, "a.example", Late, self_signed=False)
         ca.issue("a.example", a.dir)
         a.cafile = ca.cert
-        e_s2s = free_port()
+        e_s2s, e_s2s_tls = free_port(), free_port()
         # ejabberd looks SRV records up with Erlang's resolver (pointed at the
         # bed) but the target's address with getaddrinfo (the system's, which
         # does not know the bed): so Parley's SRV target is its IP literal.
-        # ejabberd -> Parley over the transport under test; Parley ->
-        # ejabberd over STARTTLS (its direct TLS listener is not set up).
+        # Both directions use the transport under test.
+        direct = transport == "direct"
         zone = [f"_xmpp-server._tcp.a.example. 60 IN SRV 10 5 {a.s2s} 127.0.0.1."
-                if transport == "starttls" else
+                if not direct else
                 f"_xmpps-server._tcp.a.example. 60 IN SRV 10 5 {a.s2s_tls} 127.0.0.1."] + [
             "e.example. 60 IN A 127.0.0.1",
-            f"_xmpp-server._tcp.e.example. 60 IN SRV 10 5 {e_s2s} e.example."]
+            f"_xmpp-server._tcp.e.example. 60 IN SRV 10 5 {e_s2s} e.example."
+            if not direct else
+            f"_xmpps-server._tcp.e.example. 60 IN SRV 10 5 {e_s2s_tls} e.example."]
         dns = DnsBed(root, zones={"example": zone})
         made.append(dns)
-        e = Ejabberd(root, "e.example", dns, ca, trust_ca=certs, s2s_port=e_s2s)
+        e = Ejabberd(root, "e.example", dns, ca, trust_ca=certs, s2s_port=e_s2s,
+                     s2s_tls_port=e_s2s_tls)
         a.base = a.base.replace('dns_servers: ["None"]', f'dns_servers: ["{dns.server}"]')
         a.base = a.base.replace("dns_trust_anchor: None", f"dns_trust_anchor: {dns.trust_anchor}")
         if certs:
@@ -478,7 +483,10 @@ def run_exchange_ej(a, e):
 
 
 def check_inbound(log, transport):
+    """Both directions used the transport the DNS records announce."""
     direct = "s2s connection from 127.0.0.1 (direct TLS)" in log
+    assert direct == (transport == "direct"), log[-4000:]
+    direct = "s2s to e.example: connected to 127.0.0.1 (direct TLS)" in log
     assert direct == (transport == "direct"), log[-4000:]
 
 
