@@ -24,6 +24,7 @@ struct dane_lookup {
 	struct dns_query *srvq[2]; /* _xmpps-server, _xmpp-server */
 	int left;		   /* answers still expected */
 	bool srv_none_secure[2];   /* that service has no records, provably */
+	bool no_service;	   /* a "." target: none at all */
 	struct dane_target t[DANE_MAX_TARGETS];
 	size_t nt;
 	struct dns_tlsa r[DANE_MAX_RECORDS];
@@ -72,6 +73,8 @@ static void srv_cb(struct dane_lookup *l, int which, int rc, bool secure, const 
 		l->bogus = true;
 	else if (rc == DNS_NONE && secure)
 		l->srv_none_secure[which] = true;
+	else if (rc == DNS_NOSERVICE)
+		l->no_service = true;
 	else if (rc == DNS_OK && secure)
 		for (size_t i = 0; i < n; i++)
 			add_target(l, r[i].target, r[i].port);
@@ -79,7 +82,7 @@ static void srv_cb(struct dane_lookup *l, int which, int rc, bool secure, const 
 		return;
 	/* RFC 7673 §3.2: without SRV records the domain itself is the target,
 	 * on the default port; only when their absence is proven. */
-	if (!l->nt && l->srv_none_secure[0] && l->srv_none_secure[1])
+	if (!l->nt && !l->no_service && l->srv_none_secure[0] && l->srv_none_secure[1])
 		add_target(l, l->domain, XMPP_SERVER_PORT);
 	if (!l->nt) {
 		finish(l);

@@ -906,7 +906,7 @@ static void finish_srv(struct dns_query *q)
 		return;
 	if (q->n == 0) {
 		/* RFC 2782: a lone "." target: decidedly not available. */
-		q->rc = (q->n_dot == 1 && s->seen == 1) ? DNS_NONE : DNS_ERROR;
+		q->rc = (q->n_dot == 1 && s->seen == 1) ? DNS_NOSERVICE : DNS_ERROR;
 		return;
 	}
 	dns_srv_order(q->srv, q->n, rnd_uniform, NULL);

@@ -39,6 +39,9 @@ enum dns_rc {
 	DNS_NONE = -1,	/* NXDOMAIN or no records of that type */
 	DNS_BOGUS = -2, /* DNSSEC validation failed */
 	DNS_ERROR = -3, /* SERVFAIL, timeout, anything else */
+	/* SRV only: a lone "." target, the service is decidedly not available
+	 * at this domain (RFC 2782; RFC 6120 §3.2.1: no fallback then). */
+	DNS_NOSERVICE = -4,
 };
 
 /* Most records one answer yields (the rest are ignored). */
@@ -62,7 +65,7 @@ struct dns_srv {
 typedef void dns_srv_cb(void *ud, int rc, bool secure, const struct dns_srv *r, size_t n);
 /* SRV records of name (e.g. "_xmpp-server._tcp.example.org"), in the order to try them
  * (RFC 2782: priority ascending, weighted random within a priority). A single record with
- * target "." means the service is decidedly not available: rc DNS_NONE. Records that do
+ * target "." means the service is decidedly not available: rc DNS_NOSERVICE. Records that do
  * not parse, or whose target is not a host name, are skipped; if none is left, DNS_ERROR. */
 struct dns_query *dns_srv(struct dns *d, const char *name, dns_srv_cb *cb, void *ud);
 

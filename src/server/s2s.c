@@ -165,7 +165,7 @@ struct s2s_link {
 	int srv_left; /* SRV answers still expected */
 	struct dns_srv srv[2][MAX_TARGETS];
 	size_t nsrv[2];
-	bool srv_none[2]; /* that service has no records */
+	int srv_rc[2]; /* each SRV answer's dns_rc */
 	bool srv_secure[2];
 	/* DANE (RFC 7673): validated TLSA records of the current target. */
 	struct dns_tlsa tlsa[MAX_TLSA];
@@ -1696,12 +1696,25 @@ static void srv_all_done(struct s2s_link *l)
 			l->t[l->nt - 1].secure = l->srv_secure[take_tls ? 0 : 1];
 	}
 	if (!l->nt) {
-		if (l->srv_none[0] && l->srv_none[1]) {
-			add_target(l, l->remote_ascii, S2S_PORT, false);
-		} else {
-			link_fail(l, false, "The remote domain has no XMPP service (DNS)");
+		/* RFC 6120 §3.2.1-3.2.2: no SRV records, or a failed lookup: the
+		 * domain itself. Not when a "." target says there is no service
+		 * (a "." for _xmpps-server only rules out direct TLS, XEP-0368),
+		 * nor when DNSSEC says an answer was tampered with. */
+		int r0 = l->srv_rc[0], r1 = l->srv_rc[1];
+		if (r1 == DNS_NOSERVICE) {
+			link_fail(l, false, "The remote domain offers no XMPP service (SRV \".\")");
 			return;
 		}
+		if (r0 == DNS_BOGUS || r1 == DNS_BOGUS) {
+			link_fail(l, false,
+				  "DNSSEC validation failed for the remote domain's SRV records");
+			return;
+		}
+		if (r0 == DNS_ERROR || r1 == DNS_ERROR)
+			LOG(LOG_INFO,
+			    "s2s to %s: SRV lookup failed; trying the domain itself on %u",
+			    l->remote, S2S_PORT);
+		add_target(l, l->remote_ascii, S2S_PORT, false);
 	}
 	l->ti = 0;
 	l->na = l->ai = 0;
@@ -1714,7 +1727,7 @@ static void srv_done(struct s2s_link *l, int which, int rc, bool secure, const s
 	l->dq[which] = NULL;
 	l->srv_secure[which] = secure && rc == DNS_OK;
 	l->nsrv[which] = 0;
-	l->srv_none[which] = rc == DNS_NONE;
+	l->srv_rc[which] = rc;
 	for (size_t i = 0; rc == DNS_OK && i < n && l->nsrv[which] < MAX_TARGETS; i++)
 		l->srv[which][l->nsrv[which]++] = r[i];
 	if (rc == DNS_BOGUS)

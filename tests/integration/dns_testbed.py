@@ -20,7 +20,7 @@ ldnsutils; ``scripts/deps.sh test`` installs both).
     }, signed={"a.example"}, bogus=["bad.a.example"]) as bed:
         conf = dns_conf(servers=[bed.server], trust_anchor_file=bed.trust_anchor)
 
-DnsBed(tmp_path, zones, signed=True, bogus=())
+DnsBed(tmp_path, zones, signed=True, bogus=(), refused=())
     tmp_path   directory for the bed's files (a subdirectory "dnsbed" is made).
     zones      {zone name: [zone-file lines]}. Lines are master-file records;
                relative names are relative to the zone ($ORIGIN is the zone,
@@ -37,6 +37,9 @@ DnsBed(tmp_path, zones, signed=True, bogus=())
                after signing, for every type at that name, or (name, type)
                pairs ("bad.a.example", "A") for one RRset. A validating
                resolver with bed.trust_anchor reports these as bogus.
+    refused    names (and everything under them) this server answers with
+               REFUSED, which a resolver forwarding to it reports as a failed
+               lookup (SERVFAIL), not as "no such name".
 
 Attributes and methods:
     server        "127.0.0.1@PORT", for dns_conf.servers (ub_ctx_set_fwd syntax)
@@ -94,7 +97,8 @@ def _wire_name(name):
 
 
 class DnsBed:
-    def __init__(self, tmp_path, zones, signed=True, bogus=()):
+    def __init__(self, tmp_path, zones, signed=True, bogus=(), refused=()):
+        self.refused = [_norm(n) for n in refused]
         self.dir = os.path.join(str(tmp_path), "dnsbed")
         os.makedirs(self.dir, exist_ok=True)
         self.host = "127.0.0.1"
@@ -230,6 +234,8 @@ server:
 """
         for z in files:
             conf += f'  local-zone: "{z}." transparent\n'
+        for n in self.refused:
+            conf += f'  local-zone: "{n}." always_refuse\n'
         for z, path in files.items():
             conf += f"""auth-zone:
   name: "{z}."

@@ -92,7 +92,7 @@ def one(bed, kind, name, *extra, **kw):
     return runs[0]
 
 
-DNS_OK, DNS_NONE, DNS_BOGUS, DNS_ERROR = 0, -1, -2, -3
+DNS_OK, DNS_NONE, DNS_BOGUS, DNS_ERROR, DNS_NOSERVICE = 0, -1, -2, -3, -4
 
 
 def test_bed_serves(bed):
@@ -121,8 +121,8 @@ def test_srv_order(bed):
     assert last_two["heavy.a.example"] > 45, last_two
 
 
-def test_srv_dot_is_none(bed):
-    assert one(bed, "srv", "_xmpp-client._tcp.a.example") == ([], 1, DNS_NONE)
+def test_srv_dot_is_no_service(bed):
+    assert one(bed, "srv", "_xmpp-client._tcp.a.example") == ([], 1, DNS_NOSERVICE)
 
 
 def test_srv_unsigned_zone(bed):

@@ -157,7 +157,7 @@ def fed(tmp_path):
     made = []
 
     def make(a_extra="", b_extra="", ca=False, a_direct=True, b_direct=True, a_starttls=True,
-             b_starttls=True, signed=False, b_cert=None, b_tlsa=None):
+             b_starttls=True, signed=False, b_cert=None, b_tlsa=None, refused=()):
         root = str(tmp_path)
         # Ports first, so that the records can name them.
         holder = {}
@@ -177,7 +177,7 @@ def fed(tmp_path):
             b.records(direct=b_direct, starttls=b_starttls)
         if b_tlsa:
             zone += b_tlsa(b)
-        dns = DnsBed(root, zones={"example": zone}, signed=signed)
+        dns = DnsBed(root, zones={"example": zone}, signed=signed, refused=refused)
         holder["dns"] = dns
         for s, extra in ((a, a_extra), (b, b_extra)):
             s.base = s.base.replace("dns_servers: [\"None\"]", f'dns_servers: ["{dns.server}"]')
@@ -691,3 +691,46 @@ def test_bidirectional_stream_gone_falls_back_to_own_connection(fed):
     m = bob.expect(lambda e: e.get("id") == "r2", timeout=20, what="message over a's own link")
     assert m.find(C + "body").text == "own"
     assert "s2s to b.example: connected" in a.log(), a.log()[-3000:]
+
+
+def test_srv_dot_target_means_no_service(fed):
+    """RFC 2782 / RFC 6120 §3.2.1: _xmpp-server with the target "." says
+    b.example has no XMPP service: no fallback to its address on 5269."""
+    def records(b):
+        return ["_xmpp-server._tcp.b.example. 60 IN SRV 0 0 0 ."]
+    a, b = fed(b_direct=False, b_starttls=False, b_tlsa=records)
+    alice = Raw(a, "alice")
+    alice.send("<message to='bob@b.example' type='chat' id='s1'><body>?</body></message>")
+    e = alice.expect(lambda e: e.get("id") == "s1", timeout=30, what="bounce")
+    assert e.find(C + "error/" + STANZAS + "remote-server-not-found") is not None, \
+        ET.tostring(e)
+    log = a.log()
+    assert 'offers no XMPP service (SRV ".")' in log, log[-3000:]
+    assert "s2s to b.example: connected" not in log
+
+
+def test_failed_srv_lookup_falls_back_to_the_domain(fed):
+    """RFC 6120 §3.2.2: both SRV lookups fail (the DNS server refuses them,
+    which the resolver reports as SERVFAIL): a.example tries b.example's own
+    address on the default port, where b listens."""
+    import socket
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", 5269))
+    except OSError:
+        pytest.skip("port 5269 is in use on this machine")
+    finally:
+        probe.close()
+
+    def on_5269(authority, b):
+        b.base = b.base.replace(f"s2s_port: {b.s2s}\n", "s2s_port: 5269\n")
+        b.s2s = 5269
+    a, b = fed(b_cert=on_5269, refused=["_xmpp-server._tcp.b.example",
+                                        "_xmpps-server._tcp.b.example"])
+    alice = Raw(a, "alice")
+    bob = Raw(b, "bob")
+    alice.send("<message to='bob@b.example/raw' type='chat'><body>fallback</body></message>")
+    m = bob.expect(lambda e: e.tag == C + "message", timeout=30, what="message via 5269")
+    assert m.find(C + "body").text == "fallback"
+    log = a.log()
+    assert "SRV lookup failed; trying the domain itself on 5269" in log, log[-3000:]
