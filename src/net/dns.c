@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,12 +37,13 @@
 
 #define DEFAULT_ANCHOR "/usr/share/dns/root.key"
 
-#define RR_A	 1
-#define RR_CNAME 5
-#define RR_AAAA	 28
-#define RR_SRV	 33
-#define RR_TLSA	 52
-#define CLASS_IN 1
+#define RR_A	  1
+#define RR_CNAME  5
+#define RR_AAAA	  28
+#define RR_SRV	  33
+#define RR_TLSA	  52
+#define RR_DNSKEY 48
+#define CLASS_IN  1
 
 #define RCODE_NXDOMAIN 3
 
@@ -74,7 +76,8 @@ enum q_state { Q_PENDING, Q_DONE, Q_DELIVERING };
 struct subq {
 	struct dns_query *q; /* back pointer: the subq is libunbound's mydata */
 	uint16_t qtype;
-	bool running; /* inside libunbound, async_id valid */
+	bool running;	    /* inside libunbound, async_id valid */
+	struct ub_ctx *ctx; /* the context it runs in */
 	int ub_id;
 	int rc;
 	bool secure;
@@ -113,6 +116,16 @@ struct dns {
 	struct ub_event_base base; /* first: libunbound holds a pointer to it */
 	struct loop *loop;
 	struct ub_ctx *ctx;
+	/* The resolver in /etc/resolv.conf (or dns_servers) may strip DNSSEC
+	 * records, so that everything validates as bogus and no peer can be
+	 * found. A probe for the DNSKEY of the trust anchor's name tells; if
+	 * it is bogus, lookups go to plain, a context without validation
+	 * (nothing is secure then, so DANE does not apply). */
+	struct ub_ctx *plain;
+	char probe_name[256]; /* "" without validation */
+	bool broken;	      /* plain in use */
+	bool probing;
+	uint64_t probe_at;    /* loop ms of the last probe */
 	struct qlist pending; /* inside libunbound */
 	struct qlist done;    /* answered, callback not yet run */
 	struct timer deliver; /* runs the callbacks of d->done */
@@ -816,14 +829,68 @@ static void on_addr_rdata(void *ud, const unsigned char *pkt, size_t len, size_t
 	}
 }
 
+static void probe_start(struct dns *d);
+
+/* The answer to the probe: bogus means the resolver drops what DNSSEC
+ * needs (an answer from a resolver that does pass it validates, and one
+ * from none at all is an error, which proves nothing). */
+static void on_probe(void *mydata, int rcode, void *packet, int packet_len, int sec,
+		     char *why_bogus, int was_ratelimited)
+{
+	struct dns *d = mydata;
+	static atomic_bool warned;
+	d->probing = false;
+	if (sec != 1)
+		return;
+	d->broken = true;
+	if (!atomic_exchange(&warned, true))
+		LOG(LOG_WARN,
+		    "dns: the DNSKEY records of \"%s\" (the trust anchor) do not validate (%s): "
+		    "the DNS resolver strips DNSSEC data. Validation is off, so DANE cannot be "
+		    "used; set dns_servers to a validating resolver (e.g. a local unbound) to "
+		    "have it",
+		    d->probe_name, why_bogus ? why_bogus : "bogus");
+}
+
+static void probe_start(struct dns *d)
+{
+	uint64_t now = loop_now(d->loop);
+	if (!d->plain || d->broken || d->probing || (d->probe_at && now - d->probe_at < 60000))
+		return;
+	d->probe_at = now;
+	d->probing = true;
+	int id;
+	if (ub_resolve_event(d->ctx, d->probe_name, RR_DNSKEY, CLASS_IN, d, on_probe, &id) != 0)
+		d->probing = false;
+}
+
 /* libunbound's answer to one subquery; may run inside ub_resolve_event. */
 static void on_ub(void *mydata, int rcode, void *packet, int packet_len, int sec, char *why_bogus,
 		  int was_ratelimited)
 {
 	struct subq *s = mydata;
 	struct dns_query *q = s->q;
+	struct dns *d = q->d;
 	s->running = false;
 	s->secure = false;
+	if (sec == 1 && d->plain && s->ctx != d->plain) {
+		if (d->broken) {
+			/* Asked before the probe answered: once more, unvalidated.
+			 * (May answer inside the call, which then completes s.) */
+			s->ctx = d->plain;
+			s->running = true;
+			int id = 0;
+			if (ub_resolve_event(d->plain, q->name, s->qtype, CLASS_IN, s, on_ub,
+					     &id) == 0) {
+				if (s->running)
+					s->ub_id = id;
+				return;
+			}
+			s->running = false;
+		} else {
+			probe_start(d); /* a bogus answer: is it the resolver? */
+		}
+	}
 	if (rcode != 0) {
 		/* Resolution failed; the packet is not to be read. */
 		s->rc = rcode == RCODE_NXDOMAIN ? DNS_NONE : DNS_ERROR;
@@ -877,8 +944,9 @@ static void query_start(struct dns_query *q, const uint16_t *types, int n)
 		s->qtype = types[i];
 		s->rc = DNS_ERROR;
 		s->running = true;
+		s->ctx = q->d->broken ? q->d->plain : q->d->ctx;
 		int id = 0;
-		int r = ub_resolve_event(q->d->ctx, q->name, types[i], CLASS_IN, s, on_ub, &id);
+		int r = ub_resolve_event(s->ctx, q->name, types[i], CLASS_IN, s, on_ub, &id);
 		if (r != 0) {
 			LOG(LOG_WARN, "dns: cannot resolve %s: %s", q->name, ub_strerror(r));
 			s->running = false;
@@ -1100,7 +1168,7 @@ void dns_cancel(struct dns_query *q)
 			/* In event mode ub_cancel only marks the query: unbound
 			 * finishes it and drops the answer, never calling us. */
 			if (q->sub[i].running)
-				(void)ub_cancel(d->ctx, q->sub[i].ub_id);
+				(void)ub_cancel(q->sub[i].ctx, q->sub[i].ub_id);
 		}
 		ql_unlink(&d->pending, q);
 		break;
@@ -1139,6 +1207,31 @@ static void ctx_delete(struct ub_ctx *ctx)
 }
 
 static struct dns *dns_create(struct loop *l, const struct dns_conf *c, char *err, size_t errlen);
+
+/* The owner name of the first record in a trust anchor file (zone-file
+ * syntax: "example. IN DS ...", ". IN DNSKEY ..."), for the probe. */
+static int anchor_name(const char *path, char *out, size_t cap)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	char line[1024];
+	int rc = -1;
+	while (fgets(line, sizeof(line), f)) {
+		char *p = line + strspn(line, " \t");
+		if (*p == ';' || *p == '#' || *p == '$' || *p == '\n' || !*p)
+			continue;
+		size_t n = strcspn(p, " \t\r\n");
+		if (n && n < cap && p[n - 1] == '.') {
+			memcpy(out, p, n);
+			out[n] = 0;
+			rc = 0;
+		}
+		break;
+	}
+	fclose(f);
+	return rc;
+}
 
 struct dns *dns_new(struct loop *l, const struct dns_conf *c, char *err, size_t errlen)
 {
@@ -1198,8 +1291,32 @@ static struct dns *dns_create(struct loop *l, const struct dns_conf *c, char *er
 			 anchor ? " (check the trust anchor file)" : "");
 		goto fail;
 	}
+	if (anchor && anchor_name(anchor, d->probe_name, sizeof(d->probe_name)) == 0) {
+		/* The same resolvers without validation, ready in case they turn
+		 * out to strip DNSSEC (probe_start). */
+		d->plain = ub_ctx_create_ub_event(&d->base);
+		if (!d->plain) {
+			snprintf(err, errlen, "libunbound: cannot create a context");
+			goto fail;
+		}
+		for (size_t i = 0; i < c->n_servers; i++)
+			ub_ctx_set_fwd(d->plain, c->servers[i]);
+		if (c->n_servers == 0)
+			ub_ctx_resolvconf(d->plain, NULL);
+		answered = false;
+		r = ub_resolve_event(d->plain, "localhost.", RR_A, CLASS_IN, &answered, warmup_cb,
+				     NULL);
+		if (r != 0 || !answered) {
+			snprintf(err, errlen, "libunbound: %s",
+				 r ? ub_strerror(r) : "no answer for localhost");
+			goto fail;
+		}
+		probe_start(d);
+	}
 	return d;
 fail:
+	if (d->plain)
+		ub_ctx_delete(d->plain);
 	ub_ctx_delete(d->ctx); /* ub_global is held */
 	reap_cb(&d->reap);
 	loop_timer_cancel(l, &d->reap);
@@ -1214,6 +1331,9 @@ static void dns_teardown(struct dns *d)
 	 * frees land on d->dead. */
 	ctx_delete(d->ctx);
 	d->ctx = NULL;
+	if (d->plain)
+		ctx_delete(d->plain);
+	d->plain = NULL;
 	while (d->pending.head) {
 		struct dns_query *q = d->pending.head;
 		ql_unlink(&d->pending, q);

@@ -177,7 +177,9 @@ static const struct opt opts[] = {
      .off = OFF(dns_servers),
      .off_n = OFF(n_dns_servers),
      .doc = "DNS resolvers for finding peer servers (IP or IP@port); empty: those of "
-	    "/etc/resolv.conf. Lookups are asynchronous and DNSSEC-validated (libunbound)."},
+	    "/etc/resolv.conf. Lookups are asynchronous and DNSSEC-validated (libunbound); "
+	    "resolvers found to strip DNSSEC data are used without validation, with a "
+	    "warning (no DANE then)."},
     {.name = "dns_trust_anchor",
      .type = OPT_PATH,
      .off = OFF(dns_trust_anchor),

@@ -157,7 +157,8 @@ def fed(tmp_path):
     made = []
 
     def make(a_extra="", b_extra="", ca=False, a_direct=True, b_direct=True, a_starttls=True,
-             b_starttls=True, signed=False, b_cert=None, b_tlsa=None, refused=()):
+             b_starttls=True, signed=False, b_cert=None, b_tlsa=None, refused=(),
+             anchor=None):
         root = str(tmp_path)
         # Ports first, so that the records can name them.
         holder = {}
@@ -182,7 +183,7 @@ def fed(tmp_path):
         for s, extra in ((a, a_extra), (b, b_extra)):
             s.base = s.base.replace("dns_servers: [\"None\"]", f'dns_servers: ["{dns.server}"]')
             s.base = s.base.replace("dns_trust_anchor: None",
-                                    f"dns_trust_anchor: {dns.trust_anchor}")
+                                    f"dns_trust_anchor: {anchor or dns.trust_anchor}")
             if ca:
                 s.base += f"s2s_ca_file: {authority.cert}\n"
                 s.cafile = authority.cert
@@ -734,3 +735,16 @@ def test_failed_srv_lookup_falls_back_to_the_domain(fed):
     assert m.find(C + "body").text == "fallback"
     log = a.log()
     assert "SRV lookup failed; trying the domain itself on 5269" in log, log[-3000:]
+
+
+def test_resolver_that_strips_dnssec(fed, tmp_path):
+    """A resolver that passes no DNSSEC data makes every answer bogus (here:
+    the trust anchor names example., whose zone is served unsigned). Each
+    server's probe of the anchor's DNSKEY finds out, warns, and resolves
+    without validation, so federation still works (without DANE)."""
+    anchor = tmp_path / "stripped.ds"
+    anchor.write_text("example. 3600 IN DS 12345 13 2 " + "AB" * 32 + "\n")
+    a, b = fed(anchor=str(anchor))
+    chat(a, b)
+    for s in (a, b):
+        assert "the DNS resolver strips DNSSEC data" in s.log(), s.log()[-3000:]
