@@ -94,6 +94,9 @@ struct pair {
 struct dbv {
 	struct dbv *next;
 	char local[JID_PART_MAX + 1], remote[JID_PART_MAX + 1];
+	/* The two as the peer wrote them (A-labels, say): answers and our
+	 * <db:verify/> echo them, since the peer's key was made over them. */
+	char raw_local[JID_PART_MAX + 1], raw_remote[JID_PART_MAX + 1];
 	char id[64];		  /* the stream id the key was made for */
 	char key[DB_KEY_HEX + 1]; /* as received */
 	unsigned reply_worker;
@@ -764,6 +767,7 @@ static void db_result_reply(struct s2s *s, const char *local, const char *remote
 struct verify_done {
 	uint64_t uid;
 	char local[JID_PART_MAX + 1], remote[JID_PART_MAX + 1];
+	char raw_local[JID_PART_MAX + 1], raw_remote[JID_PART_MAX + 1];
 	int result; /* 1 valid, 0 invalid, -1 could not ask */
 };
 
@@ -776,14 +780,15 @@ static void verify_done_here(void *arg)
 		if (s->n_pending_db)
 			s->n_pending_db--;
 		if (v->result == 1 && s->n_authed >= MAX_AUTHED) {
-			db_result_reply(s, v->local, v->remote, "error", "resource-constraint");
+			db_result_reply(s, v->raw_local, v->raw_remote, "error",
+					"resource-constraint");
 		} else if (v->result == 1) {
 			in_authorize(s, v->remote, v->local, "dialback");
-			db_result_reply(s, v->local, v->remote, "valid", NULL);
+			db_result_reply(s, v->raw_local, v->raw_remote, "valid", NULL);
 		} else {
 			LOG(LOG_INFO, "s2s from %s to %s: dialback %s", v->remote, v->local,
 			    v->result == 0 ? "key invalid" : "could not be verified");
-			db_result_reply(s, v->local, v->remote,
+			db_result_reply(s, v->raw_local, v->raw_remote,
 					v->result == 0 ? "invalid" : "error",
 					v->result == 0 ? NULL : "remote-server-not-found");
 			if (v->result == 0)
@@ -815,32 +820,34 @@ static unsigned owner_of(const char *remote)
 static void in_db_result(struct s2s *s, struct xml_el *el, struct arena *a)
 {
 	char remote[JID_PART_MAX + 1], local[JID_PART_MAX + 1];
-	if (!prep_domain(xml_attr(el, "from"), remote) || !prep_domain(xml_attr(el, "to"), local)) {
+	const char *rfrom = xml_attr(el, "from"), *rto = xml_attr(el, "to");
+	if (!prep_domain(rfrom, remote) || !prep_domain(rto, local) ||
+	    strlen(rfrom) > JID_PART_MAX || strlen(rto) > JID_PART_MAX) {
 		stream_close(s, "improper-addressing", "db:result needs from and to");
 		return;
 	}
 	if (!host_find(local, strlen(local))) {
-		db_result_reply(s, local, remote, "error", "item-not-found");
+		db_result_reply(s, rto, rfrom, "error", "item-not-found");
 		return;
 	}
 	if (!dialback_ok(remote, s->flags & F_TLS)) {
 		LOG(LOG_INFO, "s2s from %s: dialback refused by policy (%s)", remote,
 		    !(s->flags & F_TLS) ? "not over TLS" : "certificate required for this domain");
-		db_result_reply(s, local, remote, "error",
+		db_result_reply(s, rto, rfrom, "error",
 				(s->flags & F_TLS) ? "not-authorized" : "policy-violation");
 		return;
 	}
 	if (in_is_authed(s, remote, local)) {
-		db_result_reply(s, local, remote, "valid", NULL);
+		db_result_reply(s, rto, rfrom, "valid", NULL);
 		return;
 	}
 	const char *key = xml_text(a, el);
 	if (strlen(key) != DB_KEY_HEX && (strlen(key) < 16 || strlen(key) > DB_KEY_HEX)) {
-		db_result_reply(s, local, remote, "invalid", NULL);
+		db_result_reply(s, rto, rfrom, "invalid", NULL);
 		return;
 	}
 	if (s->n_pending_db >= MAX_PENDING_DB) {
-		db_result_reply(s, local, remote, "error", "resource-constraint");
+		db_result_reply(s, rto, rfrom, "error", "resource-constraint");
 		return;
 	}
 	s->n_pending_db++;
@@ -849,6 +856,8 @@ static void in_db_result(struct s2s *s, struct xml_el *el, struct arena *a)
 		die_oom();
 	snprintf(v->local, sizeof(v->local), "%s", local);
 	snprintf(v->remote, sizeof(v->remote), "%s", remote);
+	snprintf(v->raw_local, sizeof(v->raw_local), "%s", rto);
+	snprintf(v->raw_remote, sizeof(v->raw_remote), "%s", rfrom);
 	snprintf(v->id, sizeof(v->id), "%s", s->stream_id);
 	snprintf(v->key, sizeof(v->key), "%s", key);
 	v->reply_worker = s->w->idx;
@@ -861,8 +870,8 @@ static void in_db_verify(struct s2s *s, struct xml_el *el, struct arena *a)
 {
 	char remote[JID_PART_MAX + 1], local[JID_PART_MAX + 1];
 	const char *id = xml_attr(el, "id");
-	if (!prep_domain(xml_attr(el, "from"), remote) || !prep_domain(xml_attr(el, "to"), local) ||
-	    !id) {
+	const char *rfrom = xml_attr(el, "from"), *rto = xml_attr(el, "to");
+	if (!prep_domain(rfrom, remote) || !prep_domain(rto, local) || !id) {
 		stream_close(s, "improper-addressing", "db:verify needs from, to and id");
 		return;
 	}
@@ -880,10 +889,12 @@ static void in_db_verify(struct s2s *s, struct xml_el *el, struct arena *a)
 	struct buf *b = out(s);
 	if (!b)
 		return;
+	/* The names as the asker wrote them (XEP-0220 §2.3.2: to and from
+	 * swapped), whatever form of a domain it uses. */
 	buf_adds(b, "<db:verify from='");
-	xml_escape(b, local, strlen(local), true);
+	xml_escape(b, rto, strlen(rto), true);
 	buf_adds(b, "' to='");
-	xml_escape(b, remote, strlen(remote), true);
+	xml_escape(b, rfrom, strlen(rfrom), true);
 	buf_adds(b, "' id='");
 	xml_escape(b, id, strlen(id), true);
 	buf_printf(b, "' type='%s'/>", ok ? "valid" : "invalid");
@@ -1483,6 +1494,8 @@ static void verify_reply(const struct dbv *v, int result)
 	d->uid = v->reply_uid;
 	snprintf(d->local, sizeof(d->local), "%s", v->local);
 	snprintf(d->remote, sizeof(d->remote), "%s", v->remote);
+	snprintf(d->raw_local, sizeof(d->raw_local), "%s", v->raw_local);
+	snprintf(d->raw_remote, sizeof(d->raw_remote), "%s", v->raw_remote);
 	d->result = result;
 	loop_post(srv->workers[v->reply_worker].loop, verify_done_here, d);
 }
@@ -1776,9 +1789,9 @@ static void out_send_verifies(struct s2s_link *l)
 		if (!b)
 			return;
 		buf_adds(b, "<db:verify from='");
-		xml_escape(b, v->local, strlen(v->local), true);
+		xml_escape(b, v->raw_local, strlen(v->raw_local), true);
 		buf_adds(b, "' to='");
-		xml_escape(b, v->remote, strlen(v->remote), true);
+		xml_escape(b, v->raw_remote, strlen(v->raw_remote), true);
 		buf_adds(b, "' id='");
 		xml_escape(b, v->id, strlen(v->id), true);
 		buf_adds(b, "'>");

@@ -748,3 +748,20 @@ def test_resolver_that_strips_dnssec(fed, tmp_path):
     chat(a, b)
     for s in (a, b):
         assert "the DNS resolver strips DNSSEC data" in s.log(), s.log()[-3000:]
+
+
+def test_dialback_answers_echo_the_names_as_written(fed):
+    """XEP-0220 answers carry the domains exactly as the peer wrote them
+    (here in other letter cases; the same holds for A-labels), since a
+    peer matches its requests by those strings and made its key over
+    them; the checks themselves use the normalized names."""
+    from conftest import recv_until
+    a, b = fed()
+    t, feats = fake_peer(a, "b.example")
+    t.sendall(b"<db:verify from='B.Example' to='A.EXAMPLE' id='i1'>" + b"0" * 64 +
+              b"</db:verify>")
+    got = recv_until(t, b"/>", timeout=10).replace(b'"', b"'")
+    assert b"from='A.EXAMPLE' to='B.Example' id='i1' type='invalid'" in got, got
+    t.sendall(b"<db:result from='B.EXAMPLE' to='a.Example'>" + b"0" * 64 + b"</db:result>")
+    got = recv_until(t, b"</stream:stream>", timeout=20).replace(b'"', b"'")
+    assert b"from='a.Example' to='B.EXAMPLE' type='invalid'" in got, got
