@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from conftest import PASSWORD, free_port
+from conftest import PARLEYCTL, PASSWORD, free_port
 from dns_testbed import DnsBed
 from test_rfc6121_roster import C, Raw
-from test_s2s_federation import CA, FedServer
+from test_s2s_federation import CA, FedServer, spki_sha256
 from xmpp_client import Client
 
 PROSODY = shutil.which("prosody")
@@ -26,15 +26,20 @@ PROSODYCTL = shutil.which("prosodyctl")
 
 
 class Prosody:
-    def __init__(self, root, domain, dns, ca, trust_ca, bidi=False):
+    def __init__(self, root, domain, dns, ca, trust_ca, bidi=False, own_cert=None):
         self.domain = domain
         self.dir = os.path.join(root, "prosody")
         os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
         self.c2s = free_port()
         self.s2s = free_port()
         self.s2s_tls = free_port()
-        self.cert, self.key = ca.issue(domain, self.dir)
-        self.cafile = ca.cert
+        if own_cert:
+            # Self-signed, vouched for by DANE only (TLSA records).
+            self.cert, self.key = own_cert
+            self.cafile = self.cert
+        else:
+            self.cert, self.key = ca.issue(domain, self.dir)
+            self.cafile = ca.cert
         self.conf = os.path.join(self.dir, "prosody.cfg.lua")
         self.log_path = os.path.join(self.dir, "prosody.log")
         d = self.dir
@@ -109,7 +114,7 @@ def pair(tmp_path):
     assert PROSODY and PROSODYCTL, "prosody is not installed: scripts/deps.sh test"
     made = []
 
-    def make(certs, transport, bidi=False):
+    def make(certs, transport, bidi=False, dane=False):
         root = str(tmp_path)
         ca = CA(root)
 
@@ -128,9 +133,20 @@ def pair(tmp_path):
             f"_xmpp-server._tcp.p.example. 60 IN SRV 10 5 {p_ports['s2s']} p.example."
             if not direct else
             f"_xmpps-server._tcp.p.example. 60 IN SRV 10 5 {p_ports['s2s_tls']} p.example."]
+        own = None
+        if dane:
+            # Prosody's self-signed certificate, pinned in the signed zone
+            # for both its ports (RFC 7673: _port._tcp.target).
+            cdir = os.path.join(root, "p-cert")
+            os.makedirs(cdir, exist_ok=True)
+            subprocess.run([PARLEYCTL, "cert", "generate", "p.example", "--dir", cdir],
+                           check=True, capture_output=True)
+            own = (os.path.join(cdir, "p.example.crt"), os.path.join(cdir, "p.example.key"))
+            zone += [f"_{port}._tcp.p.example. 60 IN TLSA 3 1 1 {spki_sha256(own[0])}"
+                     for port in p_ports.values()]
         dns = DnsBed(root, zones={"example": zone})
         made.append(dns)
-        p = Prosody(root, "p.example", dns, ca, trust_ca=certs, bidi=bidi)
+        p = Prosody(root, "p.example", dns, ca, trust_ca=certs, bidi=bidi, own_cert=own)
         # The ports named in DNS.
         p.s2s, p.s2s_tls = p_ports["s2s"], p_ports["s2s_tls"]
         with open(p.conf) as f:
@@ -145,6 +161,9 @@ def pair(tmp_path):
         a.base = a.base.replace("dns_trust_anchor: None", f"dns_trust_anchor: {dns.trust_anchor}")
         if certs:
             a.base += f"s2s_ca_file: {ca.cert}\n"
+        if dane:
+            # Dialback would do for a self-signed peer; DANE must do here.
+            a.extra = 's2s_secure_domains: ["p.example"]\n'
         a.adduser("alice")
         p.adduser("pat")
         a.start()
@@ -247,6 +266,22 @@ def test_prosody_with_dialback(pair, transport):
     check_transport(log, transport)
 
 
+@pytest.mark.parametrize("transport", ["starttls", "direct"])
+def test_prosody_with_dane(pair, transport):
+    """Prosody with a self-signed certificate pinned by DNSSEC-signed TLSA
+    records, and a.example requiring certificate or DANE from it: DANE
+    authenticates Prosody on a's link to it and on Prosody's link to a
+    (there with SASL EXTERNAL)."""
+    a, p = pair(certs=True, transport=transport, dane=True)
+    run_exchange(a, p)
+    log = a.log()
+    assert "s2s to p.example: certificate valid (DANE-EE matched" in log, log[-4000:]
+    assert ("s2s from p.example: certificate valid (DANE-EE matched, TLSA 3 1 1 of its "
+            "servers)") in log, log[-4000:]
+    assert "s2s from p.example to a.example: authenticated by SASL EXTERNAL" in log, log[-4000:]
+    check_transport(log, transport)
+
+
 def test_prosody_bidirectional_over_our_stream(pair):
     """XEP-0288: Prosody offers bidi, Parley asks for it on its outgoing
     stream, and Prosody sends its own traffic (replies, IQs, subscription
@@ -300,7 +335,7 @@ class Ejabberd:
     """ejabberd 23.01 from Debian, serving `domain`, resolving through the
     DNS bed (Erlang's inet_res, pointed at it by an inetrc file)."""
 
-    def __init__(self, root, domain, dns, ca, trust_ca, s2s_port, s2s_tls_port):
+    def __init__(self, root, domain, dns, ca, trust_ca, s2s_port, s2s_tls_port, own_cert=None):
         import tempfile
         self.domain = domain
         # ejabberd runs as its own user, which cannot enter pytest's private
@@ -312,8 +347,12 @@ class Ejabberd:
         self.c2s = free_port()
         self.s2s = s2s_port
         self.s2s_tls = s2s_tls_port
-        crt, key = ca.issue(domain, self.dir)
-        self.cafile = ca.cert
+        if own_cert:
+            crt, key = own_cert  # self-signed, pinned by TLSA records
+            self.cafile = crt
+        else:
+            crt, key = ca.issue(domain, self.dir)
+            self.cafile = ca.cert
         self.pem = os.path.join(self.dir, domain + ".pem")
         with open(self.pem, "w") as out, open(key) as k, open(crt) as c:
             out.write(k.read() + c.read())
@@ -409,7 +448,7 @@ def ejpair(tmp_path):
     assert EJABBERDCTL, "ejabberd is not installed: scripts/deps.sh test"
     made = []
 
-    def make(certs, transport):
+    def make(certs, transport, dane=False):
         root = str(tmp_path)
         ca = CA(root)
 
@@ -432,10 +471,20 @@ def ejpair(tmp_path):
             f"_xmpp-server._tcp.e.example. 60 IN SRV 10 5 {e_s2s} e.example."
             if not direct else
             f"_xmpps-server._tcp.e.example. 60 IN SRV 10 5 {e_s2s_tls} e.example."]
+        own = None
+        if dane:
+            cdir = os.path.join(root, "e-cert")
+            os.makedirs(cdir, exist_ok=True)
+            subprocess.run([PARLEYCTL, "cert", "generate", "e.example", "--dir", cdir],
+                           check=True, capture_output=True)
+            own = (os.path.join(cdir, "e.example.crt"), os.path.join(cdir, "e.example.key"))
+            zone += [f"_{port}._tcp.e.example. 60 IN TLSA 3 1 1 {spki_sha256(own[0])}"
+                     for port in (e_s2s, e_s2s_tls)]
+            a.extra = 's2s_secure_domains: ["e.example"]\n'
         dns = DnsBed(root, zones={"example": zone})
         made.append(dns)
         e = Ejabberd(root, "e.example", dns, ca, trust_ca=certs, s2s_port=e_s2s,
-                     s2s_tls_port=e_s2s_tls)
+                     s2s_tls_port=e_s2s_tls, own_cert=own)
         a.base = a.base.replace('dns_servers: ["None"]', f'dns_servers: ["{dns.server}"]')
         a.base = a.base.replace("dns_trust_anchor: None", f"dns_trust_anchor: {dns.trust_anchor}")
         if certs:
@@ -507,4 +556,18 @@ def test_ejabberd_with_dialback(ejpair, transport):
     log = a.log()
     assert "authenticated by dialback" in log, log[-4000:]
     assert "ready (dialback)" in log, log[-4000:]
+    check_inbound(log, transport)
+
+
+@pytest.mark.parametrize("transport", ["starttls", "direct"])
+def test_ejabberd_with_dane(ejpair, transport):
+    """ejabberd with a self-signed certificate pinned by DNSSEC-signed TLSA
+    records; a.example requires certificate or DANE from it."""
+    a, e = ejpair(certs=True, transport=transport, dane=True)
+    run_exchange_ej(a, e)
+    log = a.log()
+    assert "s2s to e.example: certificate valid (DANE-EE matched" in log, log[-4000:]
+    assert ("s2s from e.example: certificate valid (DANE-EE matched, TLSA 3 1 1 of its "
+            "servers)") in log, log[-4000:]
+    assert "s2s from e.example to a.example: authenticated by SASL EXTERNAL" in log, log[-4000:]
     check_inbound(log, transport)
