@@ -49,7 +49,8 @@
 #define NS_BIDI_FEATURE	    "urn:xmpp:features:bidi"	 /* XEP-0288 §2.1 */
 #define S2S_PORT	    5269
 #define SETUP_DEADLINE_MS   30000  /* DNS, connect, TLS and authentication */
-#define CONNECT_TIMEOUT_MS  10000  /* one address */
+#define CONNECT_TIMEOUT_MS  10000  /* one address: TCP */
+#define NEGOTIATE_MS	    10000  /* one address: TLS and authentication */
 #define IDLE_MS		    600000 /* an idle link is closed after 10 minutes */
 #define CLOSE_DEADLINE_MS   5000
 #define BACKOFF_MIN_S	    5
@@ -442,6 +443,15 @@ static void s2s_timer(struct timer *t)
 	if (s->dir == S2S_OUT && (s->conn->flags & CONN_CONNECTING)) {
 		s->conn->connect_errno = ETIMEDOUT;
 		conn_abort(s->conn); /* on_closed tries the next address */
+		return;
+	}
+	if (s->dir == S2S_OUT && !(s->flags & F_READY) && s->link) {
+		/* Connected but stuck (a black hole behind TCP, a peer that never
+		 * answers): the next address or target gets the rest of the
+		 * link's setup time. */
+		LOG(LOG_INFO, "s2s to %s: no progress with %s in %u s; trying the next address",
+		    s->peer_domain, s->conn->peer_ip, NEGOTIATE_MS / 1000);
+		conn_abort(s->conn);
 		return;
 	}
 	if (s->dir == S2S_IN && !s->n_authed) {
@@ -968,6 +978,7 @@ static void out_ready(struct s2s *s)
 	struct s2s_link *l = s->link;
 	s->flags |= F_READY;
 	apply_limits(s, true);
+	loop_timer_set(s->w->loop, &s->timer, IDLE_MS);
 	if (!l)
 		return;
 	l->state = LS_READY;
@@ -1365,7 +1376,7 @@ static void on_connected(struct conn *c)
 	LOG(LOG_DEBUG, "s2s to %s: connected to %s%s", s->peer_domain, c->peer_ip,
 	    (s->flags & F_DIRECT_TLS) ? " (direct TLS)" : "");
 	if (l)
-		loop_timer_set(s->w->loop, &s->timer, IDLE_MS);
+		loop_timer_set(s->w->loop, &s->timer, NEGOTIATE_MS);
 	if (s->flags & F_DIRECT_TLS) {
 		start_client_tls(s, "xmpp-server");
 		return;

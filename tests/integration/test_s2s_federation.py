@@ -765,3 +765,28 @@ def test_dialback_answers_echo_the_names_as_written(fed):
     t.sendall(b"<db:result from='B.EXAMPLE' to='a.Example'>" + b"0" * 64 + b"</db:result>")
     got = recv_until(t, b"</stream:stream>", timeout=20).replace(b'"', b"'")
     assert b"from='a.Example' to='B.EXAMPLE' type='invalid'" in got, got
+
+
+def test_stuck_target_gives_way_to_the_next(fed):
+    """b.example's first SRV target accepts TCP connections and then never
+    says a word; after its time (10 s) the link moves on to the second
+    target instead of spending the whole setup deadline on it."""
+    import socket
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    dead = hole.getsockname()[1]
+
+    def records(b):
+        return [f"_xmpps-server._tcp.b.example. 60 IN SRV 10 5 {dead} b.example.",
+                f"_xmpp-server._tcp.b.example. 60 IN SRV 20 5 {b.s2s} b.example."]
+    try:
+        a, b = fed(b_direct=False, b_starttls=False, b_tlsa=records)
+        alice = Raw(a, "alice")
+        bob = Raw(b, "bob")
+        alice.send("<message to='bob@b.example/raw' type='chat'><body>later</body></message>")
+        m = bob.expect(lambda e: e.tag == C + "message", timeout=25, what="message via target 2")
+        assert m.find(C + "body").text == "later"
+        assert "no progress with 127.0.0.1 in 10 s; trying the next address" in a.log()
+    finally:
+        hole.close()
