@@ -351,51 +351,34 @@ static void session_timer(struct timer *t)
  * of a token so slow rates refill smoothly. Past a limit, reading pauses
  * (the rest of the current read is held in s->inbuf) until the bucket is
  * positive again: nothing is dropped, and TCP pushes back on the sender. */
-#define RL_BURST_S    5
-#define RL_MAX_GAP_MS (3600u * 1000u) /* caps dt * rate, which must not overflow */
+#define RL_BURST_S 5
 
-static int64_t rl_cap_bytes(const struct limits_conf *l)
+static uint64_t rl_cap_bytes(const struct limits_conf *l)
 {
 	uint64_t cap = (uint64_t)l->bytes_per_second * RL_BURST_S;
 	if (cap < l->stanza_bytes)
 		cap = l->stanza_bytes; /* one stanza of the largest size always passes */
-	return (int64_t)cap * 1000;
+	return cap;
 }
 
 static void rl_refill(struct session *s, uint64_t now)
 {
 	const struct limits_conf *l = &s->w->conf.limits;
-	uint64_t dt = now - s->rl_at;
-	if (dt > RL_MAX_GAP_MS)
-		dt = RL_MAX_GAP_MS;
-	s->rl_at = now;
-	if (l->bytes_per_second) {
-		int64_t cap = rl_cap_bytes(l);
-		s->rl_bytes += (int64_t)(dt * l->bytes_per_second);
-		if (s->rl_bytes > cap)
-			s->rl_bytes = cap;
-	}
-	if (l->stanzas_per_second) {
-		int64_t cap = (int64_t)l->stanzas_per_second * RL_BURST_S * 1000;
-		s->rl_stanzas += (int64_t)(dt * l->stanzas_per_second);
-		if (s->rl_stanzas > cap)
-			s->rl_stanzas = cap;
-	}
+	if (l->bytes_per_second)
+		bucket_refill(&s->rl_bytes, now, l->bytes_per_second, rl_cap_bytes(l));
+	if (l->stanzas_per_second)
+		bucket_refill(&s->rl_stanzas, now, l->stanzas_per_second,
+			      (uint64_t)l->stanzas_per_second * RL_BURST_S);
 }
 
 /* Milliseconds until both buckets are positive again; 0 if they are. */
 static uint64_t rl_wait_ms(const struct session *s)
 {
 	const struct limits_conf *l = &s->w->conf.limits;
-	uint64_t ms = 0;
-	if (l->bytes_per_second && s->rl_bytes < 0)
-		ms = (uint64_t)(-s->rl_bytes) / l->bytes_per_second + 1;
-	if (l->stanzas_per_second && s->rl_stanzas < 0) {
-		uint64_t m = (uint64_t)(-s->rl_stanzas) / l->stanzas_per_second + 1;
-		if (m > ms)
-			ms = m;
-	}
-	return ms;
+	uint64_t ms = l->bytes_per_second ? bucket_wait_ms(&s->rl_bytes, l->bytes_per_second) : 0;
+	uint64_t m =
+	    l->stanzas_per_second ? bucket_wait_ms(&s->rl_stanzas, l->stanzas_per_second) : 0;
+	return m > ms ? m : ms;
 }
 
 /* Pauses reading if a bucket is empty. */
@@ -1191,7 +1174,7 @@ static void on_element(void *ud, struct xml_el *el, struct arena *a)
 {
 	struct session *s = ud;
 	if (s->w->conf.limits.stanzas_per_second)
-		s->rl_stanzas -= 1000;
+		bucket_take(&s->rl_stanzas, 1);
 	handle_element(s, el, a);
 	rl_check(s);
 }
@@ -1257,7 +1240,7 @@ static void on_data(struct conn *c, const char *p, size_t n)
 	s->last_read = loop_now(s->w->loop);
 	rl_refill(s, s->last_read);
 	if (s->w->conf.limits.bytes_per_second)
-		s->rl_bytes -= (int64_t)n * 1000;
+		bucket_take(&s->rl_bytes, n);
 	if (s->flags & (SF_WAIT_STORE | SF_THROTTLED)) {
 		/* Reading is paused, but a read already in progress may land. */
 		if (!s->inbuf) {
@@ -1487,9 +1470,8 @@ void c2s_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, b
 	timer_init(&s->delay, delay_fire, s);
 	timer_init(&s->rl_timer, rl_fire, s);
 	s->ip_gauge = gauge;
-	s->rl_at = s->last_read;
-	s->rl_bytes = rl_cap_bytes(lim);
-	s->rl_stanzas = (int64_t)lim->stanzas_per_second * RL_BURST_S * 1000;
+	bucket_fill(&s->rl_bytes, s->last_read, rl_cap_bytes(lim));
+	bucket_fill(&s->rl_stanzas, s->last_read, (uint64_t)lim->stanzas_per_second * RL_BURST_S);
 	if (direct_tls)
 		s->flags |= SF_TLS | SF_DIRECT_TLS;
 	s->next = w->sessions;

@@ -447,6 +447,17 @@ static const struct opt opts[] = {
      .doc = "Bytes one session may send per second, as a token bucket holding 5 seconds' "
 	    "worth (at least one limits.stanza_bytes); past it reading pauses until the "
 	    "bucket refills. 0 removes the limit (load tests)."},
+    {.name = "limits.s2s_bytes_per_second",
+     .type = OPT_SIZE,
+     .off = OFF(limits.s2s_bytes_per_second),
+     .def = 256 * KIB,
+     .min = 0,
+     .max = 1024 * MIB,
+     .reloadable = true,
+     .doc = "Bytes one server-to-server stream may bring per second (it carries many "
+	    "users' traffic), as a token bucket holding 5 seconds' worth (at least one "
+	    "limits.stanza_bytes); past it reading pauses until the bucket refills, so TCP "
+	    "pushes back on the peer. 0 removes the limit."},
     {.name = "limits.roster_items",
      .type = OPT_UINT,
      .off = OFF(limits.roster_items),

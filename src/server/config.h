@@ -39,6 +39,7 @@ struct limits_conf {
 	unsigned connections_per_second_per_ip; /* new connections, averaged over 10 s */
 	unsigned stanzas_per_second;		/* per session: token bucket rate */
 	size_t bytes_per_second;		/* per session: token bucket rate */
+	size_t s2s_bytes_per_second;		/* per server-to-server stream */
 	unsigned roster_items;			/* items per roster */
 	unsigned offline_messages;		/* stored messages per account */
 	size_t vcard_bytes;			/* serialized vCard */

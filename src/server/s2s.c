@@ -85,6 +85,7 @@ enum s2s_dir { S2S_IN, S2S_OUT };
 #define F_DANE	      0x1000u /* out: TLSA records were given to TLS (DANE decides) */
 #define F_WAIT_DANE   0x2000u /* in: features wait for the peer's TLSA records */
 #define F_BIDI	      0x4000u /* XEP-0288 negotiated: stanzas flow both ways */
+#define F_THROTTLED   0x8000u /* reading paused: over limits.s2s_bytes_per_second */
 
 struct pair {
 	char remote[JID_PART_MAX + 1];
@@ -121,6 +122,8 @@ struct s2s {
 	char cert_domain[JID_PART_MAX + 1]; /* what F_CERT_OK was decided for */
 	struct timer timer;
 	uint64_t last_io;
+	struct bucket rl;	 /* limits.s2s_bytes_per_second */
+	struct timer rl_timer;	 /* ends a pause of reading */
 	struct s2s *next, *prev; /* the worker's list */
 	/* in */
 	struct host *host; /* header 'to' */
@@ -268,7 +271,7 @@ static void link_deadline(struct timer *t);
 static void verify_timeout(struct timer *t);
 static void verify_reply(const struct dbv *v, int result);
 static void tlsa_done(void *ud, int rc, bool secure, const struct dns_tlsa *r, size_t n);
-static void on_data(struct conn *c, const char *p, size_t n);
+static void process(struct s2s *s, const char *p, size_t n);
 static void bidi_announce(struct s2s *s, const struct pair *p, bool up);
 
 static struct buf *out(struct s2s *s)
@@ -467,6 +470,54 @@ static void s2s_timer(struct timer *t)
 	loop_timer_set(s->w->loop, &s->timer, IDLE_MS - (now - s->last_io) + 1);
 }
 
+/* limits.s2s_bytes_per_second: a token bucket holding 5 seconds' worth
+ * (at least one largest stanza); past it reading pauses, so TCP pushes
+ * back on the peer, and nothing is dropped. */
+#define RL_BURST_S 5
+
+static uint64_t rl_cap(const struct limits_conf *l)
+{
+	uint64_t cap = (uint64_t)l->s2s_bytes_per_second * RL_BURST_S;
+	return cap < l->stanza_bytes ? l->stanza_bytes : cap;
+}
+
+static void rl_fire(struct timer *t)
+{
+	struct s2s *s = t->ud;
+	const struct limits_conf *l = &s->w->conf.limits;
+	if (!s->conn || (s->flags & F_CLOSING))
+		return;
+	bucket_refill(&s->rl, loop_now(s->w->loop), l->s2s_bytes_per_second, rl_cap(l));
+	uint64_t ms = bucket_wait_ms(&s->rl, l->s2s_bytes_per_second);
+	if (ms) {
+		loop_timer_set(s->w->loop, &s->rl_timer, ms);
+		return;
+	}
+	s->flags &= ~F_THROTTLED;
+	if (!(s->flags & F_WAIT_DANE))
+		conn_pause(s->conn, false);
+}
+
+/* After a read: spend its bytes, and pause if the bucket is empty. */
+static void rl_spend(struct s2s *s, size_t n)
+{
+	const struct limits_conf *l = &s->w->conf.limits;
+	if (!l->s2s_bytes_per_second)
+		return;
+	uint64_t now = loop_now(s->w->loop);
+	bucket_refill(&s->rl, now, l->s2s_bytes_per_second, rl_cap(l));
+	bucket_take(&s->rl, n);
+	uint64_t ms = bucket_wait_ms(&s->rl, l->s2s_bytes_per_second);
+	if (!ms || !s->conn || (s->flags & (F_THROTTLED | F_CLOSING)))
+		return;
+	LOG(LOG_DEBUG, "s2s %s %s: over limits.s2s_bytes_per_second: not reading for %llu ms",
+	    s->dir == S2S_IN ? "from" : "to", s->peer_domain[0] ? s->peer_domain : s->conn->peer_ip,
+	    (unsigned long long)ms);
+	s->flags |= F_THROTTLED;
+	conn_pause(s->conn, true);
+	loop_timer_set(s->w->loop, &s->rl_timer, ms);
+}
+
 static struct s2s *stream_new(struct worker *w, enum s2s_dir dir)
 {
 	struct s2s *s = calloc(1, sizeof(*s));
@@ -478,6 +529,8 @@ static struct s2s *stream_new(struct worker *w, enum s2s_dir dir)
 	s->uid = ++x->next_uid;
 	s->last_io = loop_now(w->loop);
 	timer_init(&s->timer, s2s_timer, s);
+	timer_init(&s->rl_timer, rl_fire, s);
+	bucket_fill(&s->rl, s->last_io, rl_cap(&w->conf.limits));
 	s->next = x->streams;
 	if (x->streams)
 		x->streams->prev = s;
@@ -511,6 +564,7 @@ static void stream_unref_free(struct s2s *s)
 		for (unsigned i = 0; i < s->n_authed; i++)
 			bidi_announce(s, &s->authed[i], false);
 	loop_timer_cancel(s->w->loop, &s->timer);
+	loop_timer_cancel(s->w->loop, &s->rl_timer);
 	dane_lookup_cancel(s->dane);
 	free(s->held);
 	xmlstream_free(s->xs);
@@ -598,6 +652,7 @@ static void in_dane_done(void *ud, const struct dns_tlsa *r, size_t n, bool bogu
 	s->flags &= ~F_WAIT_DANE;
 	if (!s->conn || (s->flags & F_CLOSING))
 		return;
+	/* (A throttled stream stays paused; rl_fire resumes it.) */
 	SSL *ssl = s->conn->ssl;
 	if (n && ssl && !strcmp(s->cert_domain, s->dane_domain)) {
 		struct cert_tlsa t[DANE_MAX_RECORDS];
@@ -626,13 +681,14 @@ static void in_dane_done(void *ud, const struct dns_tlsa *r, size_t n, bool bogu
 		    s->dane_domain);
 	}
 	in_send_features(s);
-	conn_pause(s->conn, false);
+	if (!(s->flags & F_THROTTLED))
+		conn_pause(s->conn, false);
 	if (s->n_held) {
 		char *p = s->held;
 		size_t len = s->n_held;
 		s->held = NULL;
 		s->n_held = 0;
-		on_data(s->conn, p, len);
+		process(s, p, len);
 		free(p);
 	}
 }
@@ -1309,10 +1365,9 @@ static void start_client_tls(struct s2s *s, const char *alpn)
 	free(sni);
 }
 
-static void on_data(struct conn *c, const char *p, size_t n)
+/* Plaintext from the peer, through the XML layer. */
+static void process(struct s2s *s, const char *p, size_t n)
 {
-	struct s2s *s = c->ud;
-	s->last_io = loop_now(s->w->loop);
 	while (n && s->conn && !(s->flags & F_CLOSING)) {
 		ssize_t r = xmlstream_feed(s->xs, p, n);
 		if (r < 0) {
@@ -1407,6 +1462,14 @@ static void on_closed(struct conn *c, const char *reason)
 		    s->peer_domain[0] ? s->peer_domain : c->peer_ip, reason ? reason : "");
 	}
 	stream_unref_free(s);
+}
+
+static void on_data(struct conn *c, const char *p, size_t n)
+{
+	struct s2s *s = c->ud;
+	s->last_io = loop_now(s->w->loop);
+	rl_spend(s, n);
+	process(s, p, n);
 }
 
 static const struct conn_handler s2s_handler = {on_data, on_tls_ready, on_closed, on_connected};

@@ -11,6 +11,7 @@
 
 #include <sys/socket.h>
 
+#include "core/bucket.h"
 #include "core/loop.h"
 #include "server/config.h"
 #include "server/module.h"
@@ -133,12 +134,11 @@ struct session {
 	unsigned sasl_rejects;	/* attempts refused before any password check */
 	bool sasl_checked;	/* the current attempt looked up credentials */
 	int priority;
-	struct buf *inbuf;	      /* input held back while paused (malloc), or NULL */
-	struct timer timer;	      /* handshake / idle deadline */
-	struct timer delay;	      /* a SASL failure held back (throttling) */
-	struct timer rl_timer;	      /* reading resumes when the token buckets refill */
-	int64_t rl_bytes, rl_stanzas; /* token buckets, in thousandths of a token */
-	uint64_t rl_at;		      /* last refill (loop ms) */
+	struct buf *inbuf;		    /* input held back while paused (malloc), or NULL */
+	struct timer timer;		    /* handshake / idle deadline */
+	struct timer delay;		    /* a SASL failure held back (throttling) */
+	struct timer rl_timer;		    /* reading resumes when the token buckets refill */
+	struct bucket rl_bytes, rl_stanzas; /* limits.bytes/stanzas_per_second */
 	uint64_t ip_gauge; /* counted in the unauthenticated connections of its IP, or 0 */
 	const char *delay_cond;
 	uint64_t last_read;

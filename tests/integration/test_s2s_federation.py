@@ -790,3 +790,27 @@ def test_stuck_target_gives_way_to_the_next(fed):
         assert "no progress with 127.0.0.1 in 10 s; trying the next address" in a.log()
     finally:
         hole.close()
+
+
+def test_incoming_stream_is_throttled_not_dropped(fed):
+    """limits.s2s_bytes_per_second on a.example: b.example's stream brings
+    200 KB against a 100 KB burst and 20 KB/s, so reading pauses (TCP
+    pushes back) and the rest takes seconds; every message arrives, in
+    order."""
+    a, b = fed(a_extra="limits:\n  s2s_bytes_per_second: 20k\n  stanza_bytes: 32k\n",
+               b_extra="limits:\n  stanzas_per_second: 0\n  bytes_per_second: 0\n")
+    alice = Raw(a, "alice")
+    bob = Raw(b, "bob")
+    pad = "x" * 5000
+    start = time.time()
+    for i in range(40):
+        bob.send(f"<message to='alice@a.example/raw' type='chat' id='t{i}'>"
+                 f"<body>{i} {pad}</body></message>")
+    got = []
+    for i in range(40):
+        m = alice.expect(lambda e: e.tag == C + "message", timeout=30, what=f"message {i}")
+        got.append(m.get("id"))
+    took = time.time() - start
+    assert got == [f"t{i}" for i in range(40)], got
+    assert took >= 3.5, took  # (200 KB - 100 KB) / 20 KB/s, less slack
+    assert "over limits.s2s_bytes_per_second" in a.log(), a.log()[-3000:]
