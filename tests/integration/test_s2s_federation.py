@@ -255,11 +255,21 @@ def test_presence_subscription_across_servers(fed):
     assert item is not None and item.get("subscription") == "to", ET.tostring(roster)
 
 
-def test_sasl_external_with_ca_certificates(fed):
+TRANSPORTS = {"starttls": dict(a_direct=False, b_direct=False),
+              "direct": dict(a_starttls=False, b_starttls=False)}
+
+
+def check_transport(log, transport):
+    assert ("(direct TLS)" in log) == (transport == "direct"), log[-3000:]
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_sasl_external_with_ca_certificates(fed, transport):
     """a connects and authenticates with its certificate; b's replies take
     the same stream (XEP-0288), so each server's log shows one side."""
-    a, b = fed(ca=True)
+    a, b = fed(ca=True, **TRANSPORTS[transport])
     chat(a, b)
+    check_transport(a.log(), transport)
     assert "a.example to b.example: authenticated by SASL EXTERNAL" in b.log(), b.log()[-3000:]
     assert "s2s to b.example from a.example: ready (SASL EXTERNAL)" in a.log(), a.log()[-3000:]
 
@@ -447,12 +457,13 @@ def tlsa_for(data_of):
                       for port in (b.s2s, b.s2s_tls)]
 
 
-def test_dane_authenticates_a_self_signed_peer(fed):
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_dane_authenticates_a_self_signed_peer(fed, transport):
     """RFC 7673: b.example's SRV and TLSA records are DNSSEC-signed and pin
     its self-signed certificate (DANE-EE). a.example requires a certificate
     or DANE from b.example (s2s_secure_domains), and gets DANE."""
     a, b = fed(signed=True, a_extra='s2s_secure_domains: ["b.example"]\n',
-               b_tlsa=tlsa_for(lambda b: spki_sha256(b.cert)))
+               b_tlsa=tlsa_for(lambda b: spki_sha256(b.cert)), **TRANSPORTS[transport])
     alice = Raw(a, "alice")
     bob = Raw(b, "bob")
     alice.send("<message to='bob@b.example/raw' type='chat'><body>pinned</body></message>")
@@ -460,16 +471,18 @@ def test_dane_authenticates_a_self_signed_peer(fed):
     assert m.find(C + "body").text == "pinned"
     log = a.log()
     assert "DANE applies" in log and "DANE-EE matched" in log, log[-3000:]
+    check_transport(log, transport)
 
 
-def test_dane_authenticates_an_incoming_self_signed_peer(fed):
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_dane_authenticates_an_incoming_self_signed_peer(fed, transport):
     """The other direction: b.example connects to a.example with its
     self-signed certificate. a.example finds it in the TLSA records of
     b.example's servers (signed SRV, then signed TLSA), offers SASL
     EXTERNAL, and b.example authenticates with it; a.example would refuse
     dialback from b.example (s2s_secure_domains)."""
     a, b = fed(signed=True, a_extra='s2s_secure_domains: ["b.example"]\n',
-               b_tlsa=tlsa_for(lambda b: spki_sha256(b.cert)))
+               b_tlsa=tlsa_for(lambda b: spki_sha256(b.cert)), **TRANSPORTS[transport])
     alice = Raw(a, "alice")
     bob = Raw(b, "bob")
     bob.send("<message to='alice@a.example/raw' type='chat'><body>in</body></message>")
@@ -480,6 +493,7 @@ def test_dane_authenticates_an_incoming_self_signed_peer(fed):
         log[-3000:]
     assert "b.example to a.example: authenticated by SASL EXTERNAL" in log, log[-3000:]
     assert "dialback refused" not in log
+    check_transport(log, transport)
 
 
 def test_dane_mismatch_is_refused(fed):
