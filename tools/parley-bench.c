@@ -294,7 +294,7 @@ enum cstate {
 	C_HANDSHAKE,
 	C_FEATURES2, /* mechanisms */
 	C_SASL,
-	C_REGISTER, /* in-band registration sent (XEP-0077) */
+	C_REGISTER,  /* in-band registration sent (XEP-0077) */
 	C_FEATURES3, /* bind */
 	C_BIND,
 	C_ROSTER,
@@ -316,7 +316,8 @@ struct client {
 	int user;
 	char resource[16];
 	uint64_t t0;
-	bool uncached; /* a key had to be derived */
+	uint64_t retry_at; /* register: ask again then (the server said wait) */
+	bool uncached;	   /* a key had to be derived */
 	/* SCRAM */
 	const EVP_MD *md;
 	char cnonce[33];
@@ -447,6 +448,19 @@ static char user_prefix[64], user_suffix[64];
 static void user_name(int user, char *out, size_t cap)
 {
 	snprintf(out, cap, "%s%d%s", user_prefix, user, user_suffix);
+}
+
+/* XEP-0077 §3.1 registration of the client's user. */
+static void send_register(struct client *c)
+{
+	char user[128];
+	user_name(c->user, user, sizeof(user));
+	buf_adds(&c->out, "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>"
+			  "<username>");
+	xml_escape(&c->out, user, strlen(user), false);
+	buf_adds(&c->out, "</username><password>");
+	xml_escape(&c->out, o.password, strlen(o.password), false);
+	buf_adds(&c->out, "</password></query></iq>");
 }
 
 static void sasl_start(struct client *c)
@@ -633,14 +647,7 @@ static void xs_element(void *ud, struct xml_el *el, struct arena *a)
 		if (!is(el, NS_STREAMS, "features"))
 			break;
 		if (o.sc == SC_REGISTER) {
-			char user[128];
-			user_name(c->user, user, sizeof(user));
-			buf_adds(&c->out, "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>"
-					  "<username>");
-			xml_escape(&c->out, user, strlen(user), false);
-			buf_adds(&c->out, "</username><password>");
-			xml_escape(&c->out, o.password, strlen(o.password), false);
-			buf_adds(&c->out, "</password></query></iq>");
+			send_register(c);
 			c->st = C_REGISTER;
 			break;
 		}
@@ -682,8 +689,14 @@ static void xs_element(void *ud, struct xml_el *el, struct arena *a)
 		struct xml_el *err = xml_child(el, NS_CLIENT, "error");
 		if (type && !strcmp(type, "result")) {
 			B.logins++;
-		} else if (err && xml_child(err, "urn:ietf:params:xml:ns:xmpp-stanzas", "conflict")) {
+		} else if (err &&
+			   xml_child(err, "urn:ietf:params:xml:ns:xmpp-stanzas", "conflict")) {
 			B.existing++;
+		} else if (err && xml_attr(err, "type") && !strcmp(xml_attr(err, "type"), "wait")) {
+			/* RFC 6120 §8.3.2: retry after waiting (a server that bounds
+			 * its concurrent key derivations says so). */
+			c->retry_at = now_ns() + 20000000ull;
+			break;
 		} else {
 			struct xml_el *cond = err ? xml_first_el(err) : NULL;
 			char why[96];
@@ -721,10 +734,12 @@ static void xs_element(void *ud, struct xml_el *el, struct arena *a)
 		c->st = C_ROSTER;
 		break;
 	case C_ROSTER:
-		if (is(el, NS_CLIENT, "iq") && xml_attr(el, "id") && !strcmp(xml_attr(el, "id"), "r")) {
+		if (is(el, NS_CLIENT, "iq") && xml_attr(el, "id") &&
+		    !strcmp(xml_attr(el, "id"), "r")) {
 			struct xml_el *q = xml_child(el, NS_ROSTER, "query");
 			c->roster_both = 0;
-			for (struct xml_el *it = q ? xml_first_el(q) : NULL; it; it = xml_next_el(it)) {
+			for (struct xml_el *it = q ? xml_first_el(q) : NULL; it;
+			     it = xml_next_el(it)) {
 				const char *sub = xml_attr(it, "subscription");
 				c->roster_both += sub && !strcmp(sub, "both");
 			}
@@ -830,8 +845,8 @@ static void handshake(struct client *c)
 	}
 	int e = SSL_get_error(c->ssl, r);
 	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-		struct epoll_event ev = {.events = EPOLLIN | (e == SSL_ERROR_WANT_WRITE ? EPOLLOUT : 0),
-					 .data.ptr = c};
+		struct epoll_event ev = {
+		    .events = EPOLLIN | (e == SSL_ERROR_WANT_WRITE ? EPOLLOUT : 0), .data.ptr = c};
 		epoll_ctl(B.ep, EPOLL_CTL_MOD, c->fd, &ev);
 		c->pollout = e == SSL_ERROR_WANT_WRITE;
 		return;
@@ -960,6 +975,7 @@ static void client_event(struct client *c, uint32_t events)
 static void client_start(struct client *c)
 {
 	c->dead = false;
+	c->retry_at = 0;
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		note_error(c, "socket: %s", strerror(errno));
@@ -1024,9 +1040,8 @@ static void chat_send(struct client *c)
 	struct client *p = &B.c[c->partner];
 	char to[160];
 	user_name(p->user, to, sizeof(to));
-	buf_printf(&c->out,
-		   "<message to='%s@%s/%s' type='chat'><body>s%d t%llu</body></message>", to,
-		   o.domain, p->resource, c->slot, (unsigned long long)now_ns());
+	buf_printf(&c->out, "<message to='%s@%s/%s' type='chat'><body>s%d t%llu</body></message>",
+		   to, o.domain, p->resource, c->slot, (unsigned long long)now_ns());
 	c->inflight++;
 	B.msgs_sent++;
 }
@@ -1058,8 +1073,8 @@ static void on_stanza(struct client *c, struct xml_el *el, struct arena *a)
 		struct xml_el *body = xml_child(el, NS_CLIENT, "body");
 		int from = -1;
 		unsigned long long sent = 0;
-		if (body && sscanf(xml_text(a, body), "s%d t%llu", &from, &sent) == 2 && from >= 0 &&
-		    from < B.n) {
+		if (body && sscanf(xml_text(a, body), "s%d t%llu", &from, &sent) == 2 &&
+		    from >= 0 && from < B.n) {
 			uint64_t t = now_ns();
 			B.msgs_recv++;
 			if (in_window(sent))
@@ -1139,6 +1154,13 @@ static void run_loop(uint64_t until, bool (*done)(void))
 			struct client *c = &B.c[i];
 			if (c->st != C_FREE && c->st != C_READY && t - c->t0 > LOGIN_TIMEOUT_NS)
 				client_fail(c, "login timed out");
+			if (c->retry_at && t >= c->retry_at && !c->dead) {
+				c->retry_at = 0;
+				if (c->st == C_REGISTER) {
+					send_register(c);
+					client_flush(c);
+				}
+			}
 			if (c->dead && (o.sc == SC_LOGIN || o.sc == SC_REGISTER) && !B.stopping) {
 				c->dead = false;
 				login_next(c);
@@ -1222,7 +1244,8 @@ static int presence_scenario(int slots)
 		for (int k = 1; k <= half; k++) {
 			char to[160];
 			user_name(B.c[(i + k) % slots].user, to, sizeof(to));
-			buf_printf(&c->out, "<presence to='%s@%s' type='subscribe'/>", to, o.domain);
+			buf_printf(&c->out, "<presence to='%s@%s' type='subscribe'/>", to,
+				   o.domain);
 		}
 		client_flush(c);
 	}
@@ -1250,10 +1273,11 @@ static int presence_scenario(int slots)
 	double c0 = cpu_self(), s0 = o.server_pid ? cpu_of(o.server_pid) : -1;
 	bool ok = open_sessions(slots, 600);
 	/* Until no presence has arrived for half a second. */
-	while (!interrupted && now_ns() - (B.last_presence ? B.last_presence : B.measure_from) <
-				   500000000ull)
+	while (!interrupted &&
+	       now_ns() - (B.last_presence ? B.last_presence : B.measure_from) < 500000000ull)
 		run_loop(now_ns() + 100000000ull, NULL);
-	double secs = (double)((B.last_presence ? B.last_presence : now_ns()) - B.measure_from) / 1e9;
+	double secs =
+	    (double)((B.last_presence ? B.last_presence : now_ns()) - B.measure_from) / 1e9;
 	double cpu = cpu_self() - c0;
 	double scpu = o.server_pid ? cpu_of(o.server_pid) - s0 : -1;
 	double rate = secs > 0 ? (double)B.presences / secs : 0;
@@ -1282,40 +1306,39 @@ static int presence_scenario(int slots)
 
 static void usage(void)
 {
-	fputs(
-	    "usage: parley-bench login|idle|chat|presence|register [options]\n"
-	    "  register: creates --count users by in-band registration (XEP-0077)\n"
-	    "  --host ADDR            server address (IPv4, default 127.0.0.1)\n"
-	    "  --port N               c2s port (default 5222)\n"
-	    "  --direct-tls           TLS from the first byte (XEP-0368) instead of STARTTLS\n"
-	    "  --domain D             XMPP domain (default localhost)\n"
-	    "  --users FMT            user name pattern with one %d (default bench%d)\n"
-	    "  --first N --count N    user numbers used: first .. first+count-1 (0, 100)\n"
-	    "  --password P           every user's password (default bench)\n"
-	    "  --mech M               SCRAM-SHA-1, SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN\n"
-	    "  --concurrency N        logins in progress at once (default 50)\n"
-	    "  --duration S --warmup S  measured seconds, and unmeasured before (10, 2)\n"
-	    "  --sessions N           idle/chat/presence: sessions (default 1000)\n"
-	    "  --hold S               idle: seconds to hold them (default 5)\n"
-	    "  --rate R               chat: messages/s in total; 0: each sender keeps\n"
-	    "                         --window messages in flight (default 0, window 4)\n"
-	    "  --roster R             presence: contacts per user (default 10)\n"
-	    "  --sources N            source addresses 127.0.0.1..127.0.0.N (default 50)\n"
-	    "  --server-pid PID       read the server's CPU and memory from /proc\n"
-	    "  --scram-cache FILE     keep SCRAM salted passwords across runs\n",
-	    stderr);
+	fputs("usage: parley-bench login|idle|chat|presence|register [options]\n"
+	      "  register: creates --count users by in-band registration (XEP-0077)\n"
+	      "  --host ADDR            server address (IPv4, default 127.0.0.1)\n"
+	      "  --port N               c2s port (default 5222)\n"
+	      "  --direct-tls           TLS from the first byte (XEP-0368) instead of STARTTLS\n"
+	      "  --domain D             XMPP domain (default localhost)\n"
+	      "  --users FMT            user name pattern with one %d (default bench%d)\n"
+	      "  --first N --count N    user numbers used: first .. first+count-1 (0, 100)\n"
+	      "  --password P           every user's password (default bench)\n"
+	      "  --mech M               SCRAM-SHA-1, SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN\n"
+	      "  --concurrency N        logins in progress at once (default 50)\n"
+	      "  --duration S --warmup S  measured seconds, and unmeasured before (10, 2)\n"
+	      "  --sessions N           idle/chat/presence: sessions (default 1000)\n"
+	      "  --hold S               idle: seconds to hold them (default 5)\n"
+	      "  --rate R               chat: messages/s in total; 0: each sender keeps\n"
+	      "                         --window messages in flight (default 0, window 4)\n"
+	      "  --roster R             presence: contacts per user (default 10)\n"
+	      "  --sources N            source addresses 127.0.0.1..127.0.0.N (default 50)\n"
+	      "  --server-pid PID       read the server's CPU and memory from /proc\n"
+	      "  --scram-cache FILE     keep SCRAM salted passwords across runs\n",
+	      stderr);
 	exit(2);
 }
 
 static void parse(int argc, char **argv)
 {
 	static const struct option lo[] = {
-	    {"host", 1, 0, 'H'},	{"port", 1, 0, 'p'},	{"direct-tls", 0, 0, 'T'},
-	    {"domain", 1, 0, 'd'},	{"users", 1, 0, 'u'},	{"first", 1, 0, 'f'},
-	    {"count", 1, 0, 'n'},	{"password", 1, 0, 'P'}, {"mech", 1, 0, 'm'},
-	    {"concurrency", 1, 0, 'c'}, {"duration", 1, 0, 't'}, {"warmup", 1, 0, 'w'},
-	    {"sessions", 1, 0, 's'},	{"hold", 1, 0, 'h'},	{"rate", 1, 0, 'r'},
-	    {"window", 1, 0, 'W'},	{"roster", 1, 0, 'R'},	{"sources", 1, 0, 'S'},
+	    {"host", 1, 0, 'H'},	{"port", 1, 0, 'p'},	    {"direct-tls", 0, 0, 'T'},
+	    {"domain", 1, 0, 'd'},	{"users", 1, 0, 'u'},	    {"first", 1, 0, 'f'},
+	    {"count", 1, 0, 'n'},	{"password", 1, 0, 'P'},    {"mech", 1, 0, 'm'},
+	    {"concurrency", 1, 0, 'c'}, {"duration", 1, 0, 't'},    {"warmup", 1, 0, 'w'},
+	    {"sessions", 1, 0, 's'},	{"hold", 1, 0, 'h'},	    {"rate", 1, 0, 'r'},
+	    {"window", 1, 0, 'W'},	{"roster", 1, 0, 'R'},	    {"sources", 1, 0, 'S'},
 	    {"server-pid", 1, 0, 'i'},	{"scram-cache", 1, 0, 'C'}, {0, 0, 0, 0},
 	};
 	if (argc < 2)
@@ -1337,27 +1360,68 @@ static void parse(int argc, char **argv)
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (ch) {
-		case 'H': o.host = optarg; break;
-		case 'p': o.port = atoi(optarg); break;
-		case 'T': o.direct_tls = true; break;
-		case 'd': o.domain = optarg; break;
-		case 'u': o.user_fmt = optarg; break;
-		case 'f': o.first = atoi(optarg); break;
-		case 'n': o.count = atoi(optarg); break;
-		case 'P': o.password = optarg; break;
-		case 'm': o.mech = optarg; break;
-		case 'c': o.concurrency = atoi(optarg); break;
-		case 't': o.duration = atof(optarg); break;
-		case 'w': o.warmup = atof(optarg); break;
-		case 's': o.sessions = atoi(optarg); break;
-		case 'h': o.hold = atof(optarg); break;
-		case 'r': o.rate = atof(optarg); break;
-		case 'W': o.window = atoi(optarg); break;
-		case 'R': o.roster = atoi(optarg); break;
-		case 'S': o.sources = atoi(optarg); break;
-		case 'i': o.server_pid = atoi(optarg); break;
-		case 'C': o.scram_cache = optarg; break;
-		default: usage();
+		case 'H':
+			o.host = optarg;
+			break;
+		case 'p':
+			o.port = atoi(optarg);
+			break;
+		case 'T':
+			o.direct_tls = true;
+			break;
+		case 'd':
+			o.domain = optarg;
+			break;
+		case 'u':
+			o.user_fmt = optarg;
+			break;
+		case 'f':
+			o.first = atoi(optarg);
+			break;
+		case 'n':
+			o.count = atoi(optarg);
+			break;
+		case 'P':
+			o.password = optarg;
+			break;
+		case 'm':
+			o.mech = optarg;
+			break;
+		case 'c':
+			o.concurrency = atoi(optarg);
+			break;
+		case 't':
+			o.duration = atof(optarg);
+			break;
+		case 'w':
+			o.warmup = atof(optarg);
+			break;
+		case 's':
+			o.sessions = atoi(optarg);
+			break;
+		case 'h':
+			o.hold = atof(optarg);
+			break;
+		case 'r':
+			o.rate = atof(optarg);
+			break;
+		case 'W':
+			o.window = atoi(optarg);
+			break;
+		case 'R':
+			o.roster = atoi(optarg);
+			break;
+		case 'S':
+			o.sources = atoi(optarg);
+			break;
+		case 'i':
+			o.server_pid = atoi(optarg);
+			break;
+		case 'C':
+			o.scram_cache = optarg;
+			break;
+		default:
+			usage();
 		}
 	}
 	if (strcmp(o.mech, "PLAIN") && !mech_md(o.mech)) {
@@ -1390,7 +1454,8 @@ int main(int argc, char **argv)
 	B.ctx = SSL_CTX_new(TLS_client_method());
 	SSL_CTX_set_min_proto_version(B.ctx, TLS1_2_VERSION);
 	SSL_CTX_set_verify(B.ctx, SSL_VERIFY_NONE, NULL); /* a benchmark, not a client */
-	SSL_CTX_set_mode(B.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	SSL_CTX_set_mode(B.ctx,
+			 SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	SSL_CTX_set_session_cache_mode(B.ctx, SSL_SESS_CACHE_OFF); /* full handshakes only */
 	SSL_CTX_set_read_ahead(B.ctx, 1);
 	B.lat = calloc(1, sizeof(*B.lat));
@@ -1401,7 +1466,8 @@ int main(int argc, char **argv)
 	if (o.sc == SC_REGISTER && slots > o.count)
 		slots = o.count;
 	if (o.sc == SC_PRESENCE && o.count < slots) {
-		fprintf(stderr, "parley-bench: presence needs --count >= --sessions (one user each)\n");
+		fprintf(stderr,
+			"parley-bench: presence needs --count >= --sessions (one user each)\n");
 		return 2;
 	}
 	if (o.sc == SC_LOGIN && o.count < o.concurrency) {
@@ -1467,8 +1533,8 @@ int main(int argc, char **argv)
 		printf("login: %llu logins in %.1f s = %.0f logins/s (concurrency %d, %s, %s)\n",
 		       (unsigned long long)B.logins, o.duration, rate, o.concurrency, o.mech,
 		       o.direct_tls ? "direct TLS" : "STARTTLS");
-		printf("  latency ms: p50 %.2f  p99 %.2f  p999 %.2f  mean %.2f\n", hist_q(B.lat, .5),
-		       hist_q(B.lat, .99), hist_q(B.lat, .999),
+		printf("  latency ms: p50 %.2f  p99 %.2f  p999 %.2f  mean %.2f\n",
+		       hist_q(B.lat, .5), hist_q(B.lat, .99), hist_q(B.lat, .999),
 		       B.lat->n ? B.lat->sum_us / (double)B.lat->n / 1000 : 0);
 		printf("  errors %llu, logins with a key derivation (left out) %llu\n",
 		       (unsigned long long)B.errors, (unsigned long long)B.logins_uncached);
@@ -1592,8 +1658,9 @@ int main(int argc, char **argv)
 		       "\"server_us_per_msg\":%.2f,\"bench_cpu_s\":%.3f,\"errors\":%llu}\n",
 		       B.ready, o.rate, o.rate > 0 ? 0 : o.window, rate,
 		       (unsigned long long)delivered, hist_q(B.lat, .5), hist_q(B.lat, .99),
-		       hist_q(B.lat, .999), scpu, delivered && scpu >= 0 ? scpu * 1e6 / delivered : -1,
-		       cpu, (unsigned long long)B.errors);
+		       hist_q(B.lat, .999), scpu,
+		       delivered && scpu >= 0 ? scpu * 1e6 / delivered : -1, cpu,
+		       (unsigned long long)B.errors);
 		rc = ok && delivered > 0 ? 0 : 1;
 	} else {
 		rc = presence_scenario(slots);

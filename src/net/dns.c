@@ -831,25 +831,44 @@ static void on_addr_rdata(void *ud, const unsigned char *pkt, size_t len, size_t
 
 static void probe_start(struct dns *d);
 
-/* The answer to the probe: bogus means the resolver drops what DNSSEC
- * needs (an answer from a resolver that does pass it validates, and one
- * from none at all is an error, which proves nothing). */
-static void on_probe(void *mydata, int rcode, void *packet, int packet_len, int sec,
-		     char *why_bogus, int was_ratelimited)
+/* The same question without validation: if the resolvers answer it with
+ * records, they are there and strip what DNSSEC needs (or something on the
+ * way does). If they do not answer at all (no network yet), validation
+ * could not have worked either, and stays on; a later probe asks again. */
+static void on_confirm(void *mydata, int rcode, void *packet, int packet_len, int sec,
+		       char *why_bogus, int was_ratelimited)
 {
 	struct dns *d = mydata;
 	static atomic_bool warned;
 	d->probing = false;
-	if (sec != 1)
-		return;
+	const unsigned char *p = packet;
+	if (rcode != 0 || !p || packet_len < 12 || (p[6] << 8 | p[7]) == 0)
+		return; /* no records in the answer section */
 	d->broken = true;
 	if (!atomic_exchange(&warned, true))
 		LOG(LOG_WARN,
-		    "dns: the DNSKEY records of \"%s\" (the trust anchor) do not validate (%s): "
-		    "the DNS resolver strips DNSSEC data. Validation is off, so DANE cannot be "
-		    "used; set dns_servers to a validating resolver (e.g. a local unbound) to "
-		    "have it",
-		    d->probe_name, why_bogus ? why_bogus : "bogus");
+		    "dns: the DNS resolver answers, but the DNSKEY records of \"%s\" (the "
+		    "trust anchor) do not validate: it strips DNSSEC data. Validation is off, so "
+		    "DANE cannot be used; set dns_servers to a validating resolver (e.g. a local "
+		    "unbound) to have it",
+		    d->probe_name);
+}
+
+/* The answer to the probe: bogus may mean resolvers that drop what
+ * DNSSEC needs, or no answer at all; on_confirm tells which. */
+static void on_probe(void *mydata, int rcode, void *packet, int packet_len, int sec,
+		     char *why_bogus, int was_ratelimited)
+{
+	struct dns *d = mydata;
+	if (sec != 1) {
+		d->probing = false;
+		return;
+	}
+	LOG(LOG_DEBUG, "dns: probe of %s DNSKEY is bogus: %s", d->probe_name,
+	    why_bogus ? why_bogus : "?");
+	int id;
+	if (ub_resolve_event(d->plain, d->probe_name, RR_DNSKEY, CLASS_IN, d, on_confirm, &id) != 0)
+		d->probing = false;
 }
 
 static void probe_start(struct dns *d)

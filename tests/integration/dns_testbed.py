@@ -20,7 +20,7 @@ ldnsutils; ``scripts/deps.sh test`` installs both).
     }, signed={"a.example"}, bogus=["bad.a.example"]) as bed:
         conf = dns_conf(servers=[bed.server], trust_anchor_file=bed.trust_anchor)
 
-DnsBed(tmp_path, zones, signed=True, bogus=(), refused=())
+DnsBed(tmp_path, zones, signed=True, bogus=(), refused=(), stripped=False)
     tmp_path   directory for the bed's files (a subdirectory "dnsbed" is made).
     zones      {zone name: [zone-file lines]}. Lines are master-file records;
                relative names are relative to the zone ($ORIGIN is the zone,
@@ -37,6 +37,9 @@ DnsBed(tmp_path, zones, signed=True, bogus=(), refused=())
                after signing, for every type at that name, or (name, type)
                pairs ("bad.a.example", "A") for one RRset. A validating
                resolver with bed.trust_anchor reports these as bogus.
+    stripped   True: the signed zones are served without their RRSIG and NSEC
+               records (DNSKEYs kept, DS in trust_anchor), as through a
+               resolver that strips DNSSEC data: everything validates bogus.
     refused    names (and everything under them) this server answers with
                REFUSED, which a resolver forwarding to it reports as a failed
                lookup (SERVFAIL), not as "no such name".
@@ -97,7 +100,7 @@ def _wire_name(name):
 
 
 class DnsBed:
-    def __init__(self, tmp_path, zones, signed=True, bogus=(), refused=()):
+    def __init__(self, tmp_path, zones, signed=True, bogus=(), refused=(), stripped=False):
         self.refused = [_norm(n) for n in refused]
         self.dir = os.path.join(str(tmp_path), "dnsbed")
         os.makedirs(self.dir, exist_ok=True)
@@ -128,6 +131,8 @@ class DnsBed:
             self._write_zone(path, z, lines)
             if z in signed:
                 path = self._sign(z, path, [b for b in broken if self._in_zone(b[0], z)])
+                if stripped:
+                    self._strip(path)
             files[z] = path
         with open(self.trust_anchor, "w") as f:
             for z in sorted(self.ds):
@@ -178,6 +183,16 @@ class DnsBed:
         if broken:
             self._break(out, broken)
         return out
+
+    @staticmethod
+    def _strip(path):
+        """Drops the signatures and denial records, keeping the DNSKEYs: what
+        a resolver that strips DNSSEC data hands on."""
+        with open(path) as f:
+            lines = [x for x in f if not (len(x.split()) > 3 and x.split()[3].upper() in
+                                          ("RRSIG", "NSEC", "NSEC3", "NSEC3PARAM"))]
+        with open(path, "w") as f:
+            f.writelines(lines)
 
     @staticmethod
     def _break(path, broken):
