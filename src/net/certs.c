@@ -1266,9 +1266,12 @@ int cert_dane_match(X509 *leaf, STACK_OF(X509) * chain, const char *domain,
 				X509 *ta = sk_X509_value(chain, k);
 				if (!X509_cmp(ta, leaf) || !tlsa_matches(ta, &r[i]))
 					continue;
-				/* The matched certificate is the only anchor. */
+				/* The matched certificate is the only anchor, even
+				 * when it is not self-signed (an intermediate CA,
+				 * the usual DANE-TA pin). */
 				X509_STORE *st = X509_STORE_new();
-				if (!st || X509_STORE_add_cert(st, ta) != 1) {
+				if (!st || X509_STORE_add_cert(st, ta) != 1 ||
+				    X509_STORE_set_flags(st, X509_V_FLAG_PARTIAL_CHAIN) != 1) {
 					X509_STORE_free(st);
 					continue;
 				}

@@ -124,6 +124,8 @@ struct dns {
 	struct ub_ctx *plain;
 	char probe_name[256]; /* "" without validation */
 	bool broken;	      /* plain in use */
+	bool validated;	      /* a secure answer was seen: never downgrade */
+	bool allow_fallback;  /* dns_conf.dnssec_fallback */
 	bool probing;
 	uint64_t probe_at;    /* loop ms of the last probe */
 	struct qlist pending; /* inside libunbound */
@@ -831,6 +833,9 @@ static void on_addr_rdata(void *ud, const unsigned char *pkt, size_t len, size_t
 
 static void probe_start(struct dns *d);
 
+#define PROBE_AGAIN_MS	60000  /* after a bogus answer, at most this often */
+#define PROBE_BROKEN_MS 300000 /* while validation is off: is it back? */
+
 /* The same question without validation: if the resolvers answer it with
  * records, they are there and strip what DNSSEC needs (or something on the
  * way does). If they do not answer at all (no network yet), validation
@@ -839,28 +844,48 @@ static void on_confirm(void *mydata, int rcode, void *packet, int packet_len, in
 		       char *why_bogus, int was_ratelimited)
 {
 	struct dns *d = mydata;
-	static atomic_bool warned;
 	d->probing = false;
 	const unsigned char *p = packet;
 	if (rcode != 0 || !p || packet_len < 12 || (p[6] << 8 | p[7]) == 0)
 		return; /* no records in the answer section */
-	d->broken = true;
-	if (!atomic_exchange(&warned, true))
-		LOG(LOG_WARN,
-		    "dns: the DNS resolver answers, but the DNSKEY records of \"%s\" (the "
-		    "trust anchor) do not validate: it strips DNSSEC data. Validation is off, so "
-		    "DANE cannot be used; set dns_servers to a validating resolver (e.g. a local "
-		    "unbound) to have it",
+	if (d->validated)
+		return; /* an answer validated before: this is tampering, not the resolver */
+	if (!d->allow_fallback) {
+		LOG(LOG_ERROR,
+		    "dns: the DNS resolvers answer, but the DNSKEY records of \"%s\" (the trust "
+		    "anchor) do not validate: they strip DNSSEC data, and every lookup will fail "
+		    "(dns_dnssec_fallback is off); set dns_servers to a validating resolver",
 		    d->probe_name);
+		return;
+	}
+	d->broken = true;
+	/* An error each time: an attacker between us and the resolvers could
+	 * cause this too (it turns DANE off). */
+	LOG(LOG_ERROR,
+	    "dns: the DNS resolvers answer, but the DNSKEY records of \"%s\" (the trust "
+	    "anchor) do not validate: they strip DNSSEC data. Validation is off (and with it "
+	    "DANE) until they pass it; set dns_servers to a validating resolver (e.g. a local "
+	    "unbound), or dns_dnssec_fallback: false to never go on without",
+	    d->probe_name);
 }
 
-/* The answer to the probe: bogus may mean resolvers that drop what
- * DNSSEC needs, or no answer at all; on_confirm tells which. */
+/* The answer to the probe: secure latches validation on (and brings it
+ * back); bogus may mean resolvers that drop what DNSSEC needs, or no
+ * answer at all, which on_confirm tells apart. */
 static void on_probe(void *mydata, int rcode, void *packet, int packet_len, int sec,
 		     char *why_bogus, int was_ratelimited)
 {
 	struct dns *d = mydata;
-	if (sec != 1) {
+	if (sec == 2) {
+		d->validated = true;
+		if (d->broken)
+			LOG(LOG_WARN,
+			    "dns: the DNSKEY records of \"%s\" validate again: DNSSEC "
+			    "validation is back on",
+			    d->probe_name);
+		d->broken = false;
+	}
+	if (sec != 1 || d->broken) {
 		d->probing = false;
 		return;
 	}
@@ -871,16 +896,25 @@ static void on_probe(void *mydata, int rcode, void *packet, int packet_len, int 
 		d->probing = false;
 }
 
+/* At start, after a bogus answer (unless validation has worked before:
+ * then it is not the resolver), and every few minutes while it is off. */
 static void probe_start(struct dns *d)
 {
 	uint64_t now = loop_now(d->loop);
-	if (!d->plain || d->broken || d->probing || (d->probe_at && now - d->probe_at < 60000))
+	if (!d->plain || d->probing || (d->validated && !d->broken))
+		return;
+	if (d->probe_at && now - d->probe_at < (d->broken ? PROBE_BROKEN_MS : PROBE_AGAIN_MS))
 		return;
 	d->probe_at = now;
 	d->probing = true;
 	int id;
 	if (ub_resolve_event(d->ctx, d->probe_name, RR_DNSKEY, CLASS_IN, d, on_probe, &id) != 0)
 		d->probing = false;
+}
+
+bool dns_validating(const struct dns *d)
+{
+	return d && d->probe_name[0] && !d->broken;
 }
 
 /* libunbound's answer to one subquery; may run inside ub_resolve_event. */
@@ -910,6 +944,8 @@ static void on_ub(void *mydata, int rcode, void *packet, int packet_len, int sec
 			probe_start(d); /* a bogus answer: is it the resolver? */
 		}
 	}
+	if (sec == 2 && s->ctx == d->ctx)
+		d->validated = true;
 	if (rcode != 0) {
 		/* Resolution failed; the packet is not to be read. */
 		s->rc = rcode == RCODE_NXDOMAIN ? DNS_NONE : DNS_ERROR;
@@ -963,6 +999,8 @@ static void query_start(struct dns_query *q, const uint16_t *types, int n)
 		s->qtype = types[i];
 		s->rc = DNS_ERROR;
 		s->running = true;
+		if (q->d->broken)
+			probe_start(q->d); /* is validation back? (rate-limited) */
 		s->ctx = q->d->broken ? q->d->plain : q->d->ctx;
 		int id = 0;
 		int r = ub_resolve_event(s->ctx, q->name, types[i], CLASS_IN, s, on_ub, &id);
@@ -1264,6 +1302,7 @@ static struct dns *dns_create(struct loop *l, const struct dns_conf *c, char *er
 {
 	struct dns *d = xcalloc(1, sizeof(*d));
 	d->loop = l;
+	d->allow_fallback = c->dnssec_fallback;
 	d->base.magic = UB_EVENT_MAGIC;
 	d->base.vmt = &base_vmt;
 	timer_init(&d->deliver, deliver_cb, d);

@@ -29,6 +29,8 @@ struct dns_conf {
 	 * zone file); NULL: Debian's /usr/share/dns/root.key if it exists, else
 	 * no validation. */
 	const char *trust_anchor_file;
+	/* Resolvers that strip DNSSEC data: go on without validation. */
+	bool dnssec_fallback;
 };
 
 struct dns;	  /* one per worker thread, used only on that thread */
@@ -93,6 +95,9 @@ struct dns_query *dns_tlsa(struct dns *d, const char *host, uint16_t port, dns_t
 			   void *ud);
 
 void dns_cancel(struct dns_query *q); /* the callback will not be called */
+/* Answers are DNSSEC-validated now: a trust anchor is in use and the
+ * resolvers were not found to strip DNSSEC data. */
+bool dns_validating(const struct dns *d);
 
 /* Internals exposed for tests/unit/test_dns.c; not for other layers. */
 

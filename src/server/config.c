@@ -187,6 +187,16 @@ static const struct opt opts[] = {
      .sample = "/usr/share/dns/root.key",
      .doc = "DNSSEC trust anchors (DS or DNSKEY records, one per line) for validating DANE "
 	    "(TLSA) and SRV records; Debian's dns-root-data package provides the root's."},
+    {.name = "dns_dnssec_fallback",
+     .type = OPT_BOOL,
+     .off = OFF(dns_dnssec_fallback),
+     .def = true,
+     .doc = "When the DNS resolvers answer but strip DNSSEC data (so that everything would "
+	    "validate as bogus), resolve without validation, with an error in the log, rather "
+	    "than find no peer at all. Never once an answer has validated, and validation "
+	    "returns when they pass DNSSEC again. Off: validation stays on whatever happens "
+	    "(an attacker between us and the resolvers can then only block federation, not "
+	    "turn DANE off at start-up)."},
     {.name = "http_port",
      .type = OPT_UINT,
      .off = OFF(http_port),

@@ -84,6 +84,7 @@ struct config {
 	char **dns_servers; /* forwarders; none: /etc/resolv.conf */
 	size_t n_dns_servers;
 	char *dns_trust_anchor; /* NULL: the default */
+	bool dns_dnssec_fallback;
 	bool c2s_require_encryption;
 	bool sasl_plain; /* offer PLAIN (only ever on encrypted streams) */
 	unsigned scram_iterations;

@@ -74,18 +74,19 @@ enum s2s_dir { S2S_IN, S2S_OUT };
 #define F_DIRECT_TLS  0x002u
 #define F_OPENED      0x004u /* peer's header received */
 #define F_CLOSING     0x008u
-#define F_FEATURES    0x010u  /* out: features after TLS seen */
-#define F_SASL_SENT   0x020u  /* out: <auth mechanism='EXTERNAL'/> sent */
-#define F_SASL_DONE   0x040u  /* out: EXTERNAL succeeded; restarting */
-#define F_DB_SENT     0x080u  /* out: <db:result/> sent */
-#define F_READY	      0x100u  /* out: authenticated, stanzas may go */
-#define F_CERT_OK     0x200u  /* the peer's certificate is valid for its domain */
-#define F_CERT_CHECKS 0x400u  /* the check above was made */
-#define F_RESTART     0x800u  /* the XML layer paused for a stream restart */
-#define F_DANE	      0x1000u /* out: TLSA records were given to TLS (DANE decides) */
-#define F_WAIT_DANE   0x2000u /* in: features wait for the peer's TLSA records */
-#define F_BIDI	      0x4000u /* XEP-0288 negotiated: stanzas flow both ways */
-#define F_THROTTLED   0x8000u /* reading paused: over limits.s2s_bytes_per_second */
+#define F_FEATURES    0x010u   /* out: features after TLS seen */
+#define F_SASL_SENT   0x020u   /* out: <auth mechanism='EXTERNAL'/> sent */
+#define F_SASL_DONE   0x040u   /* out: EXTERNAL succeeded; restarting */
+#define F_DB_SENT     0x080u   /* out: <db:result/> sent */
+#define F_READY	      0x100u   /* out: authenticated, stanzas may go */
+#define F_CERT_OK     0x200u   /* the peer's certificate is valid for its domain */
+#define F_CERT_CHECKS 0x400u   /* the check above was made */
+#define F_RESTART     0x800u   /* the XML layer paused for a stream restart */
+#define F_DANE	      0x1000u  /* out: TLSA records were given to TLS (DANE decides) */
+#define F_WAIT_DANE   0x2000u  /* in: features wait for the peer's TLSA records */
+#define F_BIDI	      0x4000u  /* XEP-0288 negotiated: stanzas flow both ways */
+#define F_THROTTLED   0x8000u  /* reading paused: over limits.s2s_bytes_per_second */
+#define F_DANE_BAD    0x10000u /* in: dane_domain's TLSA records rule the certificate out */
 
 struct pair {
 	char remote[JID_PART_MAX + 1];
@@ -449,6 +450,12 @@ static void s2s_timer(struct timer *t)
 		return;
 	}
 	if (s->dir == S2S_OUT && !(s->flags & F_READY) && s->link) {
+		if (now - s->last_io < NEGOTIATE_MS) {
+			/* Progress (a peer slowly checking our dialback key, say). */
+			loop_timer_set(s->w->loop, &s->timer,
+				       NEGOTIATE_MS - (now - s->last_io) + 1);
+			return;
+		}
 		/* Connected but stuck (a black hole behind TCP, a peer that never
 		 * answers): the next address or target gets the rest of the
 		 * link's setup time. */
@@ -602,7 +609,9 @@ static void in_authorize(struct s2s *s, const char *remote, const char *local, c
 	snprintf(p->local, sizeof(p->local), "%s", local);
 	LOG(LOG_INFO, "s2s from %s to %s: authenticated by %s (from %s)", remote, local, how,
 	    s->conn ? s->conn->peer_ip : "?");
-	if (s->flags & F_BIDI)
+	/* After a SASL success the announcement waits for the restarted
+	 * stream (in_open): nothing of ours may precede its header. */
+	if ((s->flags & F_BIDI) && !(s->flags & F_RESTART))
 		bidi_announce(s, p, true);
 	if (s->ip_gauge) {
 		throttle_gauge_dec(s->ip_gauge);
@@ -671,12 +680,14 @@ static void in_dane_done(void *ud, const struct dns_tlsa *r, size_t n, bool bogu
 			    s->dane_domain, r[k].usage == 3 ? "EE" : "TA", r[k].usage,
 			    r[k].selector, r[k].mtype);
 		} else {
+			s->flags |= F_DANE_BAD;
 			snprintf(s->why_cert, sizeof(s->why_cert),
 				 "%s (DNSSEC-signed TLSA records)", why);
 			LOG(LOG_WARN, "s2s from %s: certificate not accepted: %s", s->dane_domain,
 			    s->why_cert);
 		}
 	} else if (bogus) {
+		s->flags |= F_DANE_BAD;
 		LOG(LOG_WARN, "s2s from %s: DNSSEC validation of its SRV or TLSA records failed",
 		    s->dane_domain);
 	}
@@ -749,6 +760,9 @@ static void in_open(struct s2s *s, const struct xml_el *hdr, const char *default
 	if (in_start_dane(s))
 		return; /* the features follow the lookup */
 	in_send_features(s);
+	if (s->flags & F_BIDI)
+		for (unsigned i = 0; i < s->n_authed; i++)
+			bidi_announce(s, &s->authed[i], true); /* the restart after SASL */
 }
 
 /* XEP-0178: <auth mechanism='EXTERNAL'>authzid or =</auth>. */
@@ -801,13 +815,13 @@ static void in_sasl(struct s2s *s, struct xml_el *el, struct arena *a)
 		stream_close(s, NULL, NULL);
 		return;
 	}
+	/* RFC 6120 §6.4.6: the peer restarts the stream. */
+	s->flags &= ~F_OPENED;
+	s->flags |= F_SASL_DONE | F_RESTART;
 	in_authorize(s, authz, s->host->domain, "SASL EXTERNAL (certificate)");
 	if ((b = out(s)))
 		buf_adds(b, "<success xmlns='" NS_SASL "'/>");
-	/* RFC 6120 §6.4.6: the peer restarts the stream. */
 	xmlstream_pause(s->xs);
-	s->flags &= ~F_OPENED;
-	s->flags |= F_SASL_DONE | F_RESTART;
 }
 
 static void db_result_reply(struct s2s *s, const char *local, const char *remote, const char *type,
@@ -894,6 +908,14 @@ static void in_db_result(struct s2s *s, struct xml_el *el, struct arena *a)
 	}
 	if (!host_find(local, strlen(local))) {
 		db_result_reply(s, rto, rfrom, "error", "item-not-found");
+		return;
+	}
+	if ((s->flags & F_DANE_BAD) && !strcmp(remote, s->dane_domain)) {
+		/* Its DNSSEC-signed TLSA records rule out the certificate this
+		 * peer showed (or were tampered with): someone else answers, as
+		 * on our own links (RFC 7673 §4), so no dialback either. */
+		LOG(LOG_INFO, "s2s from %s: dialback refused: its certificate failed DANE", remote);
+		db_result_reply(s, rto, rfrom, "error", "not-authorized");
 		return;
 	}
 	if (!dialback_ok(remote, s->flags & F_TLS)) {
@@ -1165,7 +1187,8 @@ static void out_sasl(struct s2s *s, struct xml_el *el)
 	s->flags &= ~F_SASL_SENT;
 	/* Fall back to dialback when allowed (XEP-0178 §3.2 leaves it open). */
 	if (s->link && srv->cfg.s2s_dialback && (s->flags & F_TLS)) {
-		/* (EXTERNAL is only tried with a peer certificate we accepted.) */
+		/* (EXTERNAL was tried with the peer's identity accepted by its
+		 * certificate, or by DNS where dialback_ok() allows that.) */
 		char key[DB_KEY_HEX + 1];
 		db_key(s->peer_domain, s->link->local, s->stream_id, key);
 		struct buf *b = out(s);
@@ -1299,9 +1322,14 @@ static void on_element(void *ud, struct xml_el *el, struct arena *a)
 		return;
 	}
 	if (!strcmp(el->ns, NS_BIDI) && !strcmp(el->name, "bidi")) {
-		/* XEP-0288 §2.2 (TLS is on: checked above). Pairs already
-		 * authenticated become routes now; later ones as they come. */
+		/* XEP-0288 §2.2: only after TLS, even for a peer allowed to go
+		 * without. Pairs already authenticated become routes now; later
+		 * ones as they come. */
 		arena_free(a);
+		if (!(s->flags & F_TLS)) {
+			stream_close(s, "policy-violation", "Bidirectional streams need TLS first");
+			return;
+		}
 		if (!(s->flags & F_BIDI)) {
 			s->flags |= F_BIDI;
 			LOG(LOG_DEBUG, "s2s from %s: bidirectional stream requested (XEP-0288)",
@@ -1765,6 +1793,7 @@ static void add_target(struct s2s_link *l, const char *host, uint16_t port, bool
 	snprintf(t->host, sizeof(t->host), "%s", host);
 	t->port = port;
 	t->direct_tls = direct;
+	t->secure = false;
 }
 
 /* Both SRV answers are in: XEP-0368 §3 merges _xmpps-server (direct TLS)
@@ -1797,10 +1826,22 @@ static void srv_all_done(struct s2s_link *l)
 				  "DNSSEC validation failed for the remote domain's SRV records");
 			return;
 		}
-		if (r0 == DNS_ERROR || r1 == DNS_ERROR)
+		if (r0 == DNS_ERROR || r1 == DNS_ERROR) {
+			/* With validation on, a failed lookup may be an attacker's
+			 * forged SERVFAIL hiding signed SRV and TLSA records (rcodes
+			 * are not signed): going to the bare domain would skip
+			 * DANE. Only without DNSSEC is the fallback no weaker than
+			 * the lookup itself. */
+			if (dns_validating(sw(l->w)->dns)) {
+				link_fail(l, false,
+					  "The remote domain's SRV lookup failed (with DNSSEC "
+					  "validation on, no fallback to its address)");
+				return;
+			}
 			LOG(LOG_INFO,
 			    "s2s to %s: SRV lookup failed; trying the domain itself on %u",
 			    l->remote, S2S_PORT);
+		}
 		add_target(l, l->remote_ascii, S2S_PORT, false);
 	}
 	l->ti = 0;
@@ -2103,6 +2144,7 @@ void s2s_worker_start(struct worker *w)
 	    .servers = (const char *const *)srv->cfg.dns_servers,
 	    .n_servers = srv->cfg.n_dns_servers,
 	    .trust_anchor_file = srv->cfg.dns_trust_anchor,
+	    .dnssec_fallback = srv->cfg.dns_dnssec_fallback,
 	};
 	char err[256];
 	x->dns = dns_new(w->loop, &dc, err, sizeof(err));

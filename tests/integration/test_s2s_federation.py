@@ -761,7 +761,7 @@ def test_resolver_that_strips_dnssec(fed):
     a, b = fed(stripped=True)
     chat(a, b)
     for s in (a, b):
-        assert "it strips DNSSEC data. Validation is off" in s.log(), s.log()[-3000:]
+        assert "they strip DNSSEC data. Validation is off" in s.log(), s.log()[-3000:]
 
 
 def test_dialback_answers_echo_the_names_as_written(fed):
@@ -828,3 +828,74 @@ def test_incoming_stream_is_throttled_not_dropped(fed):
     assert got == [f"t{i}" for i in range(40)], got
     assert took >= 3.5, took  # (200 KB - 100 KB) / 20 KB/s, less slack
     assert "over limits.s2s_bytes_per_second" in a.log(), a.log()[-3000:]
+
+
+def test_bidi_waits_for_the_restart_after_sasl(fed):
+    """XEP-0288 with SASL EXTERNAL: between <success/> and the peer's new
+    stream header nothing of ours may go out (RFC 6120 §6.4.6). A stanza
+    for b.example sent in that window takes a's own link; once the stream
+    has restarted, it carries what a sends to b.example."""
+    import socket
+    import ssl
+    from conftest import recv_until
+    a, b = fed(ca=True)
+    s = socket.create_connection(("127.0.0.1", a.s2s), timeout=10)
+    s.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    recv_until(s, b"</stream:features>")
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    recv_until(s, b"/>")
+    ctx = ssl.create_default_context(cafile=b.cafile)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(b.cert, b.key)
+    t = ctx.wrap_socket(s, server_hostname="a.example")
+    t.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    recv_until(t, b"</stream:features>")
+    t.sendall(b"<bidi xmlns='urn:xmpp:bidi'/>"
+              b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+    assert b"<success" in recv_until(t, b"/>")
+    alice = Raw(a, "alice")
+    bob = Raw(b, "bob")
+    alice.send("<message to='bob@b.example/raw' type='chat' id='e1'><body>early</body></message>")
+    t.settimeout(1.5)
+    early = b""
+    try:
+        while True:
+            d = t.recv(65536)
+            if not d:
+                break
+            early += d
+    except (socket.timeout, TimeoutError):
+        pass
+    assert b"<message" not in early, early
+    m = bob.expect(lambda e: e.get("id") == "e1", timeout=20, what="message over a's own link")
+    assert m.find(C + "body").text == "early"
+
+
+def test_failed_srv_lookup_with_dnssec_does_not_fall_back(fed):
+    """With DNSSEC validation on, a failed SRV lookup may be a forged
+    SERVFAIL hiding signed SRV and TLSA records (rcodes are not signed):
+    the link fails instead of trying the bare domain, which would skip
+    DANE."""
+    a, b = fed(signed=True, refused=["_xmpp-server._tcp.b.example",
+                                     "_xmpps-server._tcp.b.example"])
+    alice = Raw(a, "alice")
+    alice.send("<message to='bob@b.example' type='chat' id='v1'><body>?</body></message>")
+    e = alice.expect(lambda e: e.get("id") == "v1", timeout=30, what="bounce")
+    assert e.get("type") == "error", ET.tostring(e)
+    log = a.log()
+    assert "with DNSSEC validation on, no fallback to its address" in log, log[-3000:]
+    assert "trying the domain itself" not in log
+
+
+def test_dane_mismatch_also_rules_out_dialback(fed):
+    """Default policy (dialback allowed), but b.example's signed TLSA
+    records rule out the certificate its peer showed: that peer may not
+    fall back to dialback either (someone else answers, RFC 7673 §4)."""
+    a, b = fed(signed=True, b_tlsa=tlsa_for(lambda b: "00" * 32))
+    bob = Raw(b, "bob")
+    bob.send("<message to='alice@a.example' type='chat' id='d3'><body>?</body></message>")
+    e = bob.expect(lambda e: e.get("id") == "d3", timeout=30, what="bounce")
+    assert e.get("type") == "error", ET.tostring(e)
+    log = a.log()
+    assert "s2s from b.example: dialback refused: its certificate failed DANE" in log, log[-3000:]
+    assert "b.example to a.example: authenticated" not in log

@@ -1460,6 +1460,22 @@ static void test_dane_match(void **state)
 	assert_int_equal(cert_dane_match(expired, chain, "example.com", &r[3], 1, why, sizeof(why)),
 			 -1);
 	assert_non_null(strstr(why, "certificate has expired"));
+	/* DANE-TA pinning an intermediate CA (not self-signed): a partial chain
+	 * up to it is enough (RFC 7671 §5.2.2). */
+	X509 *by_int = make(&(struct spec){.cn = "example.com",
+					   .sans = SANS("DNS:example.com"),
+					   .issuer = p->inter,
+					   .issuer_key = p->int_key});
+	STACK_OF(X509) *ichain = sk_X509_new_null();
+	unsigned char di[64];
+	sk_X509_push(ichain, p->inter);
+	struct cert_tlsa ta_int = {2, 1, 1, tlsa_data(p->inter, 1, 1, di), di};
+	assert_int_equal(
+	    cert_dane_match(by_int, ichain, "example.com", &ta_int, 1, why, sizeof(why)), 0);
+	assert_int_equal(
+	    cert_dane_match(by_int, ichain, "example.net", &ta_int, 1, why, sizeof(why)), -1);
+	sk_X509_free(ichain);
+	X509_free(by_int);
 	/* The anchor must come with the chain: a TA record alone proves nothing. */
 	assert_int_equal(cert_dane_match(x, NULL, "example.com", &r[3], 1, why, sizeof(why)), -1);
 	/* PKIX-EE (usage 1) is not used for XMPP servers. */
