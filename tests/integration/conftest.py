@@ -24,10 +24,37 @@ DOMAIN = "localhost"
 PASSWORD = "correct horse battery staple"
 
 
+def _below_ephemeral():
+    """The highest port below the kernel's range for outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return min(32767, int(f.read().split()[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return 32767
+
+
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on. It comes from below
+    the ephemeral range, so that no outgoing connection (a client, a server
+    connecting to a peer) can take it between this check and the server's
+    bind; a port is given out once per test run."""
+    import random
+    hi = _below_ephemeral()
+    for _ in range(2000):
+        port = random.randint(10000, hi)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port")
 
 
 class Server:

@@ -73,17 +73,26 @@ _RESERVED = ("test", "invalid", "localhost", "onion", "home.arpa")
 
 
 def _free_port():
-    """A port free for both UDP and TCP on 127.0.0.1 (unbound binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            try:
+    """A port free for both UDP and TCP on 127.0.0.1 (unbound binds both),
+    from below the ephemeral range (outgoing connections and queries take
+    theirs from it, so none can take this one before unbound binds it)."""
+    import random
+    hi = 32767
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            hi = min(hi, int(f.read().split()[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(2000):
+        port = random.randint(10000, hi)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", port))
                 with socket.socket() as t:
                     t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+        except OSError:
+            continue
+        return port
     raise RuntimeError("no free port")
 
 
