@@ -351,6 +351,25 @@ def fake_peer(server, frm, tls=True):
     return t, feats
 
 
+def peer_with_cert(a, b):
+    """A raw incoming s2s stream to a claiming b.example, showing b's own
+    certificate after STARTTLS; returns the TLS socket and the features."""
+    import socket
+    import ssl
+    from conftest import recv_until
+    s = socket.create_connection(("127.0.0.1", a.s2s), timeout=10)
+    s.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    recv_until(s, b"</stream:features>")
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    recv_until(s, b"/>")
+    ctx = ssl.create_default_context(cafile=b.cafile)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(b.cert, b.key)
+    t = ctx.wrap_socket(s, server_hostname="a.example")
+    t.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
+    return t, recv_until(t, b"</stream:features>")
+
+
 def test_forged_dialback_key_is_refused(fed):
     """Someone claims to be b.example with a made-up key: a.example asks
     b.example's authoritative server, which says invalid."""
@@ -618,22 +637,10 @@ def test_second_sasl_after_restart_is_refused(fed):
     """A peer that authenticated with EXTERNAL may not restart the stream
     naming another domain and authenticate again (RFC 6120 §6.4.6): the
     certificate verdict belongs to the domain it was made for."""
-    import socket
-    import ssl
     from conftest import recv_until
     a, b = fed(ca=True)
     # A certificate valid for b.example (same CA), presented by a raw peer.
-    s = socket.create_connection(("127.0.0.1", a.s2s), timeout=10)
-    s.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
-    recv_until(s, b"</stream:features>")
-    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    recv_until(s, b"/>")
-    ctx = ssl.create_default_context(cafile=b.cafile)
-    ctx.check_hostname = False
-    ctx.load_cert_chain(b.cert, b.key)
-    t = ctx.wrap_socket(s, server_hostname="a.example")
-    t.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
-    feats = recv_until(t, b"</stream:features>")
+    t, feats = peer_with_cert(a, b)
     assert b"EXTERNAL" in feats, feats
     t.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
     assert b"<success" in recv_until(t, b"/>")
@@ -664,23 +671,11 @@ def test_bidirectional_stream_gone_falls_back_to_own_connection(fed):
     """A raw peer claiming b.example (with b's certificate) asks for bidi
     and authenticates with EXTERNAL; a's reply goes over that stream. Once
     it closes, a's next stanza opens a connection of its own to b."""
-    import socket
-    import ssl
     from conftest import recv_until
     a, b = fed(ca=True)
     alice = Raw(a, "alice")
     alice.presence()
-    s = socket.create_connection(("127.0.0.1", a.s2s), timeout=10)
-    s.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
-    recv_until(s, b"</stream:features>")
-    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    recv_until(s, b"/>")
-    ctx = ssl.create_default_context(cafile=b.cafile)
-    ctx.check_hostname = False
-    ctx.load_cert_chain(b.cert, b.key)
-    t = ctx.wrap_socket(s, server_hostname="a.example")
-    t.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
-    feats = recv_until(t, b"</stream:features>")
+    t, feats = peer_with_cert(a, b)
     assert b"urn:xmpp:features:bidi" in feats, feats
     t.sendall(b"<bidi xmlns='urn:xmpp:bidi'/>"
               b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
@@ -836,20 +831,9 @@ def test_bidi_waits_for_the_restart_after_sasl(fed):
     for b.example sent in that window takes a's own link; once the stream
     has restarted, it carries what a sends to b.example."""
     import socket
-    import ssl
     from conftest import recv_until
     a, b = fed(ca=True)
-    s = socket.create_connection(("127.0.0.1", a.s2s), timeout=10)
-    s.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
-    recv_until(s, b"</stream:features>")
-    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    recv_until(s, b"/>")
-    ctx = ssl.create_default_context(cafile=b.cafile)
-    ctx.check_hostname = False
-    ctx.load_cert_chain(b.cert, b.key)
-    t = ctx.wrap_socket(s, server_hostname="a.example")
-    t.sendall(S2S_HEADER.format(frm="b.example", to="a.example").encode())
-    recv_until(t, b"</stream:features>")
+    t, _ = peer_with_cert(a, b)
     t.sendall(b"<bidi xmlns='urn:xmpp:bidi'/>"
               b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
     assert b"<success" in recv_until(t, b"/>")

@@ -108,6 +108,19 @@ VirtualHost "{domain}"
                 self.proc.wait()
 
 
+def pinned_cert(root, domain, ports):
+    """A self-signed certificate for domain and the TLSA records (DANE-EE,
+    SPKI SHA-256) that pin it on each port (RFC 7673: _port._tcp.target):
+    ((crt, key), zone lines)."""
+    cdir = os.path.join(root, domain + "-cert")
+    os.makedirs(cdir, exist_ok=True)
+    subprocess.run([PARLEYCTL, "cert", "generate", domain, "--dir", cdir],
+                   check=True, capture_output=True)
+    own = (os.path.join(cdir, domain + ".crt"), os.path.join(cdir, domain + ".key"))
+    return own, [f"_{port}._tcp.{domain}. 60 IN TLSA 3 1 1 {spki_sha256(own[0])}"
+                 for port in ports]
+
+
 @pytest.fixture
 def pair(tmp_path):
     """Parley (a.example) and Prosody (p.example) with a DNS bed."""
@@ -137,13 +150,8 @@ def pair(tmp_path):
         if dane:
             # Prosody's self-signed certificate, pinned in the signed zone
             # for both its ports (RFC 7673: _port._tcp.target).
-            cdir = os.path.join(root, "p-cert")
-            os.makedirs(cdir, exist_ok=True)
-            subprocess.run([PARLEYCTL, "cert", "generate", "p.example", "--dir", cdir],
-                           check=True, capture_output=True)
-            own = (os.path.join(cdir, "p.example.crt"), os.path.join(cdir, "p.example.key"))
-            zone += [f"_{port}._tcp.p.example. 60 IN TLSA 3 1 1 {spki_sha256(own[0])}"
-                     for port in p_ports.values()]
+            own, tlsa = pinned_cert(root, "p.example", p_ports.values())
+            zone += tlsa
         dns = DnsBed(root, zones={"example": zone})
         made.append(dns)
         p = Prosody(root, "p.example", dns, ca, trust_ca=certs, bidi=bidi, own_cert=own)
@@ -473,13 +481,8 @@ def ejpair(tmp_path):
             f"_xmpps-server._tcp.e.example. 60 IN SRV 10 5 {e_s2s_tls} e.example."]
         own = None
         if dane:
-            cdir = os.path.join(root, "e-cert")
-            os.makedirs(cdir, exist_ok=True)
-            subprocess.run([PARLEYCTL, "cert", "generate", "e.example", "--dir", cdir],
-                           check=True, capture_output=True)
-            own = (os.path.join(cdir, "e.example.crt"), os.path.join(cdir, "e.example.key"))
-            zone += [f"_{port}._tcp.e.example. 60 IN TLSA 3 1 1 {spki_sha256(own[0])}"
-                     for port in (e_s2s, e_s2s_tls)]
+            own, tlsa = pinned_cert(root, "e.example", (e_s2s, e_s2s_tls))
+            zone += tlsa
             a.extra = 's2s_secure_domains: ["e.example"]\n'
         dns = DnsBed(root, zones={"example": zone})
         made.append(dns)
