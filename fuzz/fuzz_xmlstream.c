@@ -5,7 +5,10 @@
  *   flags bit 0: prepend a client stream header, so that most inputs get
  *                past the root and reach the stanza code;
  *   flags bit 1: tight limits (a few bytes, attributes, levels), so that
- *                every limit is hit with small inputs.
+ *                every limit is hit with small inputs;
+ *   flags bit 2: the chunked run parks the stream (xmlstream_park()) after
+ *                every chunk, as c2s does to idle sessions: a new parser
+ *                then takes over between stanzas.
  *   plan: bit 7 clear: chunks of (plan & 0x7f) + 1 bytes; set: chunks of
  *         pseudo-random sizes 1..(plan & 0x7f) + 1 drawn from the input.
  *
@@ -254,7 +257,7 @@ static void check_mem(const struct xmlstream *xs)
 
 /* Feeds data as a transport would, in the chunks of the plan. */
 static void run(struct rec *r, const char *data, size_t len, const struct xs_limits *lim,
-		struct plan *plan)
+		struct plan *plan, bool park)
 {
 	size_t off = 0;
 
@@ -285,6 +288,10 @@ static void run(struct rec *r, const char *data, size_t len, const struct xs_lim
 			r->paused = false;
 		} else {
 			FUZZ_CHECK((size_t)k == n);
+		}
+		if (park && xmlstream_park(r->xs)) {
+			check_mem(r->xs);
+			FUZZ_CHECK(xmlstream_parked(r->xs));
 		}
 	}
 	buf_printf(&r->log, "end %d\n", (int)xmlstream_error(r->xs));
@@ -554,7 +561,7 @@ static void round_trip(const char *dns, const char *ser)
 
 	memset(&r, 0, sizeof r);
 	r.dump = &dump;
-	run(&r, buf_head(&in), buf_pending(&in), &huge, &whole);
+	run(&r, buf_head(&in), buf_pending(&in), &huge, &whole, false);
 
 	/* The header, the element, the restart if it pauses, a clean end.
 	 * An element ends in '>', so the longer tail is tried first. */
@@ -610,8 +617,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&whole, 0, sizeof whole);
 	memset(&chunked, 0, sizeof chunked);
 	whole.elements = &elements;
-	run(&whole, buf_head(&input), buf_pending(&input), lim, &pw);
-	run(&chunked, buf_head(&input), buf_pending(&input), lim, &pc);
+	run(&whole, buf_head(&input), buf_pending(&input), lim, &pw, false);
+	run(&chunked, buf_head(&input), buf_pending(&input), lim, &pc, flags & 4);
 	if ((whole.log.len != chunked.log.len ||
 	     memcmp(whole.log.data, chunked.log.data, whole.log.len) != 0)) {
 		report("events", &whole.log, &chunked.log);

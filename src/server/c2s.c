@@ -35,6 +35,9 @@
 #define CLOSE_DEADLINE_MS 5000 /* a closing stream that does not drain is dropped */
 #define MAX_SASL_BYTES	  16384
 #define HELD_INPUT_MAX	  (64 * 1024) /* read while input was paused: at most a read or two */
+/* A bound session that has sent nothing for this long gives back its XML
+ * parser (about 12 KiB; xmlstream_park()) until input comes again. */
+#define PARK_MS 2000
 
 enum pause_action { PA_NONE, PA_STARTTLS, PA_RESTART, PA_WAIT };
 
@@ -319,6 +322,23 @@ static void apply_limits(struct session *s)
 	xmlstream_set_limits(s->xs, &xl);
 }
 
+/* The timer of a bound session: the parser is parked PARK_MS after the
+ * last input (retried PARK_MS later if a stanza is half read), and the
+ * session closed after limits.idle_timeout. */
+static void arm_idle(struct session *s, bool park_failed)
+{
+	uint64_t now = loop_now(s->w->loop);
+	uint64_t idle_ms = (uint64_t)s->w->conf.limits.idle_timeout * 1000u;
+	uint64_t since = now - s->last_read;
+	uint64_t due = since >= idle_ms ? 0 : idle_ms - since;
+	if (!xmlstream_parked(s->xs)) {
+		uint64_t park = park_failed ? PARK_MS : since >= PARK_MS ? 0 : PARK_MS - since;
+		if (park < due)
+			due = park;
+	}
+	loop_timer_set(s->w->loop, &s->timer, due + 1);
+}
+
 static void session_timer(struct timer *t)
 {
 	struct session *s = t->ud;
@@ -342,8 +362,16 @@ static void session_timer(struct timer *t)
 		session_close(s, "connection-timeout", NULL);
 		return;
 	}
+	bool park_failed = false;
+	if (now - s->last_read >= PARK_MS && !xmlstream_parked(s->xs)) {
+		park_failed = !xmlstream_park(s->xs);
+		if (!park_failed) {
+			LOGS(LOG_DEBUG, s->id, "idle: XML parser parked");
+			worker_note_parked(s->w);
+		}
+	}
 	/* Reads do not touch the heap; re-arm for what is left. */
-	loop_timer_set(s->w->loop, &s->timer, idle_ms - (now - s->last_read) + 1);
+	arm_idle(s, park_failed);
 }
 
 /* --- per-session rate limits (limits.stanzas_per_second, bytes_per_second) ---
@@ -992,8 +1020,7 @@ static void handle_bind(struct session *s, struct stanza *st)
 	hooks_run(s->host, HP_SESSION_BOUND, &bound);
 	/* From now on the idle timeout applies (unless we are closing). */
 	if (!(s->flags & SF_CLOSING))
-		loop_timer_set(s->w->loop, &s->timer,
-			       (uint64_t)s->w->conf.limits.idle_timeout * 1000u);
+		arm_idle(s, false);
 }
 
 /* --- stream callbacks --- */
@@ -1190,6 +1217,10 @@ static const struct xs_callbacks xs_cb = {on_open, on_element, on_close};
 
 static void process_input(struct session *s, const char *p, size_t n)
 {
+	/* The parser comes back with this input: park it again PARK_MS after
+	 * the last (idle_timeout is at least a minute). */
+	if (n && xmlstream_parked(s->xs) && (s->flags & SF_BOUND) && !(s->flags & SF_CLOSING))
+		loop_timer_set(s->w->loop, &s->timer, PARK_MS + 1);
 	while (n && s->conn && !(s->flags & SF_CLOSING)) {
 		pending_action = PA_NONE;
 		in_feed = true;

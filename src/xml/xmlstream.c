@@ -101,6 +101,17 @@ struct xmlstream {
 	struct buf text; /* text not yet added to the tree: expat splits it */
 	struct buf hold; /* input kept back from expat (feed_or_hold()) */
 
+	/* Parking (xmlstream_park()): the root's namespace declarations as
+	 * a start tag to replay into a new parser, and the shift from a
+	 * replayed parser's byte index to ours. */
+	struct buf root_decls; /* " xmlns:p='uri'" for each, escaped */
+	char *root_prefix;     /* a prefix of the streams namespace on the root, or NULL */
+	char *replay;	       /* the root's start tag with those declarations */
+	size_t idx_shift;      /* ours = expat's + idx_shift (mod 2^64) */
+	bool parked;	       /* p is NULL until input comes */
+	bool in_cdata;	       /* inside a CDATA section: expat's state is more than mark */
+	bool replaying;	       /* the replayed root start tag is being parsed */
+
 	bool in_cb;	 /* inside a user callback */
 	bool pause_req;	 /* xmlstream_pause() called from a callback */
 	bool suspended;	 /* expat is suspended after a pause */
@@ -181,9 +192,15 @@ static void fail(struct xmlstream *xs, enum xs_error err, const char *text)
 	XML_StopParser(xs->p, XML_FALSE);
 }
 
+/* Expat's byte index of the current event, in our count (see parking). */
+static size_t cur_index(struct xmlstream *xs)
+{
+	return (size_t)XML_GetCurrentByteIndex(xs->p) + xs->idx_shift;
+}
+
 static size_t ev_end(struct xmlstream *xs)
 {
-	return (size_t)XML_GetCurrentByteIndex(xs->p) + (size_t)XML_GetCurrentByteCount(xs->p);
+	return cur_index(xs) + (size_t)XML_GetCurrentByteCount(xs->p);
 }
 
 /* After a user callback: honour xmlstream_pause(). The pause point is the
@@ -280,6 +297,30 @@ static void add_attrs(struct arena *a, struct xml_el *e, const XML_Char **atts)
 	}
 }
 
+/* The root's start tag as a parser made when unparking is given it: the
+ * root's namespace declarations are all that its content depends on
+ * (attributes and xml:lang were reported when it opened). */
+static void make_replay(struct xmlstream *xs)
+{
+	struct buf b = BUF_INIT;
+	buf_adds(&b, "<");
+	if (xs->root_prefix) {
+		buf_adds(&b, xs->root_prefix);
+		buf_adds(&b, ":");
+	}
+	buf_adds(&b, "stream");
+	buf_add(&b, buf_head(&xs->root_decls), buf_pending(&xs->root_decls));
+	buf_add(&b, ">", 2); /* with its NUL */
+	free(xs->replay);
+	xs->replay = strdup(buf_head(&b));
+	if (!xs->replay)
+		die_oom();
+	buf_free(&b);
+	buf_free(&xs->root_decls);
+	free(xs->root_prefix);
+	xs->root_prefix = NULL;
+}
+
 static void open_root(struct xmlstream *xs, const XML_Char *qname, const XML_Char **atts)
 {
 	const char *ns;
@@ -293,6 +334,7 @@ static void open_root(struct xmlstream *xs, const XML_Char *qname, const XML_Cha
 	xs->root = ROOT_OPEN;
 	xs->level = 1;
 	xs->mark = ev_end(xs);
+	make_replay(xs);
 	if (!xs->hdr_arena)
 		xs->hdr_arena = arena_new(0);
 	struct xml_el *hdr = make_el(xs, xs->hdr_arena, qname, NULL);
@@ -317,6 +359,10 @@ static void XMLCALL on_start(void *ud, const XML_Char *qname, const XML_Char **a
 		return;
 	unsigned ns_decls = xs->ns_decls;
 	xs->ns_decls = 0;
+	if (xs->replaying) {
+		xs->replaying = false; /* the root again, after parking: nothing to report */
+		return;
+	}
 	if (xs->root == ROOT_NONE) {
 		open_root(xs, qname, atts);
 		return;
@@ -343,7 +389,7 @@ static void XMLCALL on_start(void *ud, const XML_Char *qname, const XML_Char **a
 	}
 	struct xml_el *parent = NULL;
 	if (depth == 1) {
-		xs->stanza_start = (size_t)XML_GetCurrentByteIndex(xs->p);
+		xs->stanza_start = cur_index(xs);
 		xs->arena = arena_new(2048);
 	} else {
 		if (!flush_text(xs) || !add_child_count(xs))
@@ -443,14 +489,40 @@ static void XMLCALL on_ns_decl(void *ud, const XML_Char *prefix, const XML_Char 
 	if (xs->err)
 		return;
 	xs->ns_decls++;
-	if (xs->root == ROOT_NONE && !prefix) {
+	if (xs->root != ROOT_NONE || xs->replaying)
+		return;
+	if (!prefix) {
 		if (!xs->hdr_arena)
 			xs->hdr_arena = arena_new(0);
 		xs->default_ns = arena_strdup(xs->hdr_arena, uri ? uri : "");
 	}
+	/* Kept for parking. The header's byte limit bounds them. */
+	buf_adds(&xs->root_decls, " xmlns");
+	if (prefix) {
+		buf_adds(&xs->root_decls, ":");
+		buf_adds(&xs->root_decls, prefix);
+	}
+	buf_adds(&xs->root_decls, "='");
+	for (const char *c = uri ? uri : ""; *c; c++) {
+		if (*c == '\'')
+			buf_adds(&xs->root_decls, "&apos;");
+		else if (*c == '&')
+			buf_adds(&xs->root_decls, "&amp;");
+		else if (*c == '<')
+			buf_adds(&xs->root_decls, "&lt;");
+		else
+			buf_add(&xs->root_decls, c, 1);
+	}
+	buf_adds(&xs->root_decls, "'");
+	/* The root can be named, when replayed, with any prefix bound to the
+	 * streams namespace; with none, it was in the default namespace. */
+	if (prefix && !xs->root_prefix && uri && strcmp(uri, NS_STREAMS) == 0) {
+		xs->root_prefix = strdup(prefix);
+		if (!xs->root_prefix)
+			die_oom();
+	}
 }
 
-/* RFC 6120 §11.1: restricted XML. */
 static void XMLCALL on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
 			       const XML_Char *pubid, int has_internal_subset)
 {
@@ -488,6 +560,21 @@ static void XMLCALL on_xml_decl(void *ud, const XML_Char *version, const XML_Cha
 		fail(ud, XS_ERR_ENCODING, "encoding other than UTF-8");
 }
 
+/* A CDATA section between stanzas spans events: no parking inside one. */
+static void XMLCALL on_cdata_start(void *ud)
+{
+	struct xmlstream *xs = ud;
+	xs->in_cdata = true;
+}
+
+static void XMLCALL on_cdata_end(void *ud)
+{
+	struct xmlstream *xs = ud;
+	xs->in_cdata = false;
+	if (xs->level == 1 && !xs->err)
+		xs->mark = ev_end(xs); /* "]]>" is an event outside any element too */
+}
+
 static void install(struct xmlstream *xs)
 {
 	XML_Parser p = xs->p;
@@ -501,6 +588,7 @@ static void install(struct xmlstream *xs)
 	XML_SetEntityDeclHandler(p, on_entity_decl);
 	XML_SetSkippedEntityHandler(p, on_skipped_entity);
 	XML_SetXmlDeclHandler(p, on_xml_decl);
+	XML_SetCdataSectionHandler(p, on_cdata_start, on_cdata_end);
 	XML_SetParamEntityParsing(p, XML_PARAM_ENTITY_PARSING_NEVER);
 #if XML_MAJOR_VERSION > 2 || (XML_MAJOR_VERSION == 2 && XML_MINOR_VERSION >= 6)
 	/* With deferral on, the end of a stanza split across two reads can wait
@@ -532,6 +620,20 @@ static void apply_limits(struct xmlstream *xs, const struct xs_limits *l)
 	xs->mem_cap = window > (SIZE_MAX - MEM_SLACK) / 4 ? SIZE_MAX : 4 * window + MEM_SLACK;
 }
 
+static void map_expat_error(struct xmlstream *xs);
+
+/* With mem_owner set to xs. */
+static bool new_parser(struct xmlstream *xs)
+{
+	/* Forcing UTF-8 makes expat reject other input as malformed instead of
+	 * guessing from a byte order mark (RFC 6120 §11.6). */
+	xs->p = XML_ParserCreate_MM("UTF-8", &mem_suite, (XML_Char[]){NS_SEP, '\0'});
+	if (!xs->p)
+		return false;
+	install(xs);
+	return true;
+}
+
 struct xmlstream *xmlstream_new(const struct xs_callbacks *cb, void *ud,
 				const struct xs_limits *limits)
 {
@@ -542,13 +644,10 @@ struct xmlstream *xmlstream_new(const struct xs_callbacks *cb, void *ud,
 	xs->ud = ud;
 	apply_limits(xs, limits);
 	mem_owner = xs;
-	/* Forcing UTF-8 makes expat reject other input as malformed instead of
-	 * guessing from a byte order mark (RFC 6120 §11.6). */
-	xs->p = XML_ParserCreate_MM("UTF-8", &mem_suite, (XML_Char[]){NS_SEP, '\0'});
+	bool ok = new_parser(xs);
 	mem_owner = NULL;
-	if (!xs->p)
+	if (!ok)
 		die_oom();
-	install(xs);
 	return xs;
 }
 
@@ -569,11 +668,15 @@ void xmlstream_free(struct xmlstream *xs)
 		return;
 	ASSERT(!xs->in_cb);
 	mem_owner = xs;
-	XML_ParserFree(xs->p);
+	if (xs->p)
+		XML_ParserFree(xs->p);
 	mem_owner = NULL;
 	drop_partial(xs);
 	buf_free(&xs->text);
 	buf_free(&xs->hold);
+	buf_free(&xs->root_decls);
+	free(xs->root_prefix);
+	free(xs->replay);
 	free(xs->frames);
 	free(xs);
 }
@@ -593,13 +696,29 @@ void xmlstream_reset(struct xmlstream *xs)
 {
 	ASSERT(!xs->in_cb);
 	mem_owner = xs;
-	/* XML_ParserReset keeps the memory suite and namespace mode, drops the
-	 * handlers, user data and any buffered input. */
-	bool ok = XML_ParserReset(xs->p, "UTF-8");
+	bool ok;
+	if (xs->parked) {
+		ok = new_parser(xs);
+		xs->parked = false;
+	} else {
+		/* XML_ParserReset keeps the memory suite and namespace mode,
+		 * drops the handlers, user data and any buffered input. */
+		ok = XML_ParserReset(xs->p, "UTF-8");
+		if (ok)
+			install(xs);
+	}
 	mem_owner = NULL;
-	ASSERT(ok);
-	install(xs);
+	if (!ok)
+		die_oom();
 	drop_partial(xs);
+	buf_free(&xs->root_decls);
+	free(xs->root_prefix);
+	xs->root_prefix = NULL;
+	free(xs->replay);
+	xs->replay = NULL;
+	xs->idx_shift = 0;
+	xs->replaying = false;
+	xs->in_cdata = false;
 	buf_free(&xs->hold);
 	xs->fed = 0;
 	xs->feed_base = 0;
@@ -615,6 +734,61 @@ void xmlstream_reset(struct xmlstream *xs)
 	xs->suspended = false;
 	xs->retained = 0;
 	xs->held = false;
+}
+
+bool xmlstream_park(struct xmlstream *xs)
+{
+	if (xs->parked)
+		return true;
+	/* Only between top-level elements with nothing half-read: expat holds
+	 * no input past the last event (mark), and no element is open. */
+	if (xs->in_cb || xs->err || xs->root != ROOT_OPEN || xs->level != 1 || xs->suspended ||
+	    xs->replaying || xs->in_cdata || !xs->replay || xs->nframes || xs->arena || xs->held ||
+	    buf_pending(&xs->hold) || xs->mark != xs->fed)
+		return false;
+	mem_owner = xs;
+	XML_ParserFree(xs->p);
+	mem_owner = NULL;
+	xs->p = NULL;
+	xs->parked = true;
+	buf_free(&xs->text);
+	buf_free(&xs->hold);
+	free(xs->frames);
+	xs->frames = NULL;
+	xs->frames_cap = 0;
+	return true;
+}
+
+bool xmlstream_parked(const struct xmlstream *xs)
+{
+	return xs->parked;
+}
+
+/* A new parser for a parked stream, taken inside the root by replaying
+ * its start tag; byte indexes go on from where they were. With mem_owner
+ * set to xs. */
+static bool unpark(struct xmlstream *xs)
+{
+	if (!new_parser(xs)) {
+		xs->err = XS_ERR_MEMORY;
+		xs->err_text = "out of memory";
+		return false;
+	}
+	xs->parked = false;
+	xs->replaying = true;
+	size_t n = strlen(xs->replay);
+	enum XML_Status st = XML_Parse(xs->p, xs->replay, (int)n, XML_FALSE);
+	if (st != XML_STATUS_OK || xs->replaying || xs->err) {
+		/* Only a memory cap could do this: the tag was parsed before. */
+		map_expat_error(xs);
+		if (xs->replaying) {
+			xs->err = XS_ERR_MEMORY;
+			xs->err_text = "stream could not be resumed";
+		}
+		return false;
+	}
+	xs->idx_shift = xs->fed - n;
+	return true;
 }
 
 enum xs_error xmlstream_error(const struct xmlstream *xs)
@@ -749,10 +923,12 @@ static void text_before_error(struct xmlstream *xs, const char *piece, size_t pi
 {
 	if (xs->err || xs->nframes == 0 || xs->level < 2)
 		return;
-	XML_Index at = XML_GetCurrentByteIndex(xs->p);
-	if (at < 0 || (size_t)at <= xs->seen || (size_t)at > xs->fed)
+	if (XML_GetCurrentByteIndex(xs->p) < 0)
 		return;
-	size_t from = xs->seen, to = (size_t)at;
+	size_t at = cur_index(xs);
+	if (at <= xs->seen || at > xs->fed)
+		return;
+	size_t from = xs->seen, to = at;
 	size_t piece_start = xs->fed - piece_len;
 	const unsigned char *run;
 	unsigned char *copy = NULL;
@@ -947,6 +1123,10 @@ static ssize_t feed_bytes(struct xmlstream *xs, const char *data, size_t len)
 	size_t done = 0;
 	int rc;
 	mem_owner = xs;
+	if (xs->parked && !unpark(xs)) {
+		rc = -1;
+		goto out;
+	}
 	if (xs->suspended) {
 		/* Paused and not reset: expat still holds the bytes after the
 		 * pause point, which the caller, told they were not consumed,

@@ -71,6 +71,12 @@ void xmlstream_pause(struct xmlstream *xs);
 /* Starts a new stream (RFC 6120 §4.3.3 restart): forgets the old root and
  * any partial input. */
 void xmlstream_reset(struct xmlstream *xs);
+/* Frees expat's parser (about 12 KiB) of an idle stream: between
+ * top-level elements with no partial input only. The next feed makes a
+ * new one, given the root's start tag again, so nothing the peer sees
+ * changes. Returns whether the stream is parked (false: try later). */
+bool xmlstream_park(struct xmlstream *xs);
+bool xmlstream_parked(const struct xmlstream *xs);
 enum xs_error xmlstream_error(const struct xmlstream *xs);
 /* The RFC 6120 §4.9.3 stream error condition for an error, for every
  * transport that closes a stream on it. */

@@ -210,8 +210,9 @@ STREAM_HEADER = ("<?xml version='1.0'?><stream:stream to='%s' xmlns='jabber:clie
                  "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
 
 
-def raw_login(server, user, password=PASSWORD, resource="raw"):
+def raw_login(server, user, password=PASSWORD, resource="raw", header=None):
     """STARTTLS + SASL PLAIN + bind on a raw socket; returns (tls socket, bytes read).
+    header, if given, opens the stream after SASL instead of STREAM_HEADER.
     The server's domain is server.domain if it has one (else DOMAIN), and its
     certificate is checked against server.cafile if set (else server.cert),
     unless server.c2s_unverified is true."""
@@ -236,7 +237,7 @@ def raw_login(server, user, password=PASSWORD, resource="raw"):
     t.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"
               .encode())
     assert b"<success" in recv_until(t, b"</success>")
-    t.sendall((STREAM_HEADER % domain).encode())
+    t.sendall((header or STREAM_HEADER % domain).encode())
     recv_until(t, b"</stream:features>")
     t.sendall(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
               f"<resource>{resource}</resource></bind></iq>".encode())

@@ -112,6 +112,10 @@ static void rec_done(struct rec *r)
 	buf_free(&r->log);
 }
 
+/* When set, the driver parks the stream after every feed (the second run
+ * of the suite): whatever the input, the events must be the same. */
+static bool park_between;
+
 /* Feeds data in chunks of `chunk` bytes, as a transport would. After a
  * pause it resets and feeds the rest to the new stream, as c2s does after
  * SASL success. Returns 0, or -1 on a stream error. */
@@ -132,6 +136,8 @@ static int drive(struct rec *r, const char *data, size_t len, size_t chunk)
 		} else {
 			assert_int_equal(k, n);
 		}
+		if (park_between)
+			xmlstream_park(r->xs);
 	}
 	return 0;
 }
@@ -719,6 +725,101 @@ static void test_set_limits(void **state)
 	free(in);
 }
 
+/* Parking frees expat between stanzas; the next input goes to a new
+ * parser that has seen the root's start tag again. */
+static void expect_parked_stream(const char *root, const char *stanzas, const char *want)
+{
+	struct rec r;
+	rec_init(&r, &big);
+	assert_false(xmlstream_park(r.xs)); /* no root yet */
+	assert_int_equal(xmlstream_feed(r.xs, root, strlen(root)), strlen(root));
+	assert_int_equal(r.opens, 1);
+	buf_reset(&r.log);
+	assert_true(xmlstream_park(r.xs));
+	assert_true(xmlstream_parked(r.xs));
+	size_t used;
+	xmlstream_mem_stats(r.xs, &used, NULL, NULL);
+	assert_int_equal(used, 0);
+	assert_int_equal(xmlstream_feed(r.xs, stanzas, strlen(stanzas)), strlen(stanzas));
+	assert_false(xmlstream_parked(r.xs));
+	assert_int_equal(r.opens, 1);
+	check_log(&r, want);
+	rec_done(&r);
+}
+
+static void test_park(void **state)
+{
+	(void)state;
+	expect_parked_stream(HDR, "<message><body>hi</body></message>\n<a/></stream:stream>",
+			     "<{jabber:client}message><{jabber:client}body>\"hi\"</></>\n"
+			     "<{jabber:client}a></>\nclose\n");
+	/* The root in the default namespace. */
+	expect_parked_stream(
+	    "<stream xmlns='http://etherx.jabber.org/streams'>",
+	    "<message xmlns='jabber:client'/><x/></stream>",
+	    "<{jabber:client}message></>\n<{http://etherx.jabber.org/streams}x></>\n"
+	    "close\n");
+	/* Another prefix, and a server stream's dialback prefix. */
+	expect_parked_stream("<s:stream xmlns:s='http://etherx.jabber.org/streams' "
+			     "xmlns='jabber:server' xmlns:db='jabber:server:dialback'>",
+			     "<db:result from='a' to='b'>k</db:result><s:features/>",
+			     "<{jabber:server:dialback}result from=a to=b>\"k\"</>\n"
+			     "<{http://etherx.jabber.org/streams}features></>\n");
+	/* Namespace names that need escaping when the root is replayed. */
+	expect_parked_stream("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' "
+			     "xmlns=\"urn:a'b\" xmlns:x='urn:&amp;&lt;&apos;&quot;'>",
+			     "<m/><x:y/>", "<{urn:a'b}m></>\n<{urn:&<'\"}y></>\n");
+
+	/* Not with part of a stanza read, nor after an error. */
+	struct rec r;
+	rec_init(&r, &big);
+	const char *in = HDR "<message><bo";
+	assert_int_equal(xmlstream_feed(r.xs, in, strlen(in)), strlen(in));
+	assert_false(xmlstream_park(r.xs));
+	assert_int_equal(xmlstream_feed(r.xs, "dy/></message> ", 15), 15);
+	assert_true(xmlstream_park(r.xs));
+	assert_true(xmlstream_park(r.xs)); /* twice is fine */
+	/* Expat's state inside a CDATA section is more than its last event. */
+	assert_int_equal(xmlstream_feed(r.xs, "<![CDATA[ ", 10), 10);
+	assert_false(xmlstream_park(r.xs));
+	assert_int_equal(xmlstream_feed(r.xs, "]]>", 3), 3);
+	assert_true(xmlstream_park(r.xs));
+	/* Errors and limits apply after parking as before. */
+	assert_int_equal(xmlstream_feed(r.xs, "<a></b>", 7), -1);
+	assert_int_equal(xmlstream_error(r.xs), XS_ERR_BAD_FORMAT);
+	assert_false(xmlstream_park(r.xs));
+	rec_done(&r);
+
+	struct xs_limits l = big;
+	l.max_stanza_bytes = 20;
+	rec_init(&r, &l);
+	assert_int_equal(xmlstream_feed(r.xs, HDR "<a/>", strlen(HDR) + 4), strlen(HDR) + 4);
+	assert_true(xmlstream_park(r.xs));
+	const char *big_el = "<message>0123456789abc</message>";
+	assert_int_equal(xmlstream_feed(r.xs, big_el, strlen(big_el)), -1);
+	assert_int_equal(xmlstream_error(r.xs), XS_ERR_POLICY);
+	rec_done(&r);
+
+	/* A restart while parked (SASL success arrives as a whole stanza, so
+	 * only a reset by the owner can meet a parked stream). */
+	rec_init(&r, &big);
+	assert_int_equal(xmlstream_feed(r.xs, HDR, strlen(HDR)), strlen(HDR));
+	assert_true(xmlstream_park(r.xs));
+	xmlstream_reset(r.xs);
+	assert_false(xmlstream_parked(r.xs));
+	assert_int_equal(xmlstream_feed(r.xs, HDR "<b/>", strlen(HDR) + 4), strlen(HDR) + 4);
+	assert_int_equal(r.opens, 2);
+	assert_int_equal(r.elements, 1);
+	rec_done(&r);
+}
+
+static int parking_on(void **state)
+{
+	(void)state;
+	park_between = true;
+	return 0;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -730,7 +831,10 @@ int main(void)
 	    cmocka_unit_test(test_header_limit),   cmocka_unit_test(test_structure_limits),
 	    cmocka_unit_test(test_bad_utf8),	   cmocka_unit_test(test_long_tag_held),
 	    cmocka_unit_test(test_memory_bounded), cmocka_unit_test(test_memory_cap),
-	    cmocka_unit_test(test_set_limits),
+	    cmocka_unit_test(test_set_limits),	   cmocka_unit_test(test_park),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int failed = cmocka_run_group_tests_name("xmlstream", tests, NULL, NULL);
+	/* Again, with the stream parked after every read. */
+	return failed + cmocka_run_group_tests_name("xmlstream, parked between reads", tests,
+						    parking_on, NULL);
 }
