@@ -307,6 +307,27 @@ static bool ncname_ok(const char *name)
 	return true;
 }
 
+/* Bytes xml_escape() must look at: bit 0 in text, bit 1 in attribute
+ * values. Everything else (most of any stanza) is copied in runs. */
+#define ESC_TEXT 1u
+#define ESC_ATTR 2u
+/* Ranges first, then the exceptions within them. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Woverride-init"
+static const unsigned char esc_class[256] = {
+    /* C0 controls: \t and \n are plain in text; \r never is */
+    [0 ... 0x1f] = ESC_TEXT | ESC_ATTR,
+    ['\t'] = ESC_ATTR,
+    ['\n'] = ESC_ATTR,
+    ['&'] = ESC_TEXT | ESC_ATTR,
+    ['<'] = ESC_TEXT | ESC_ATTR,
+    ['>'] = ESC_TEXT | ESC_ATTR,
+    ['"'] = ESC_ATTR,
+    ['\''] = ESC_ATTR,
+    [0x80 ... 0xff] = ESC_TEXT | ESC_ATTR, /* checked as UTF-8 */
+};
+#pragma GCC diagnostic pop
+
 /* Escapes s for text (attr false) or for a single- or double-quoted
  * attribute value (attr true), replacing what XML 1.0 cannot carry with
  * U+FFFD. CR is written as a character reference so a parser's line-end
@@ -316,8 +337,15 @@ static bool ncname_ok(const char *name)
 void xml_escape(struct buf *out, const char *str, size_t n, bool attr)
 {
 	const unsigned char *s = (const unsigned char *)str;
+	const unsigned char mask = attr ? ESC_ATTR : ESC_TEXT;
 	size_t start = 0, i = 0;
+	buf_reserve(out, n);
 	while (i < n) {
+		/* The common case: a run of bytes that need nothing. */
+		while (i < n && !(esc_class[s[i]] & mask))
+			i++;
+		if (i == n)
+			break;
 		const char *rep = NULL;
 		size_t len = 1;
 		unsigned char ch = s[i];
@@ -342,23 +370,22 @@ void xml_escape(struct buf *out, const char *str, size_t n, bool attr)
 				rep = "&gt;";
 				break;
 			case '"':
-				rep = attr ? "&quot;" : NULL;
+				rep = "&quot;";
 				break;
 			case '\'':
-				rep = attr ? "&apos;" : NULL;
+				rep = "&apos;";
 				break;
 			case '\r':
 				rep = "&#13;";
 				break;
 			case '\n':
-				rep = attr ? "&#10;" : NULL;
+				rep = "&#10;";
 				break;
 			case '\t':
-				rep = attr ? "&#9;" : NULL;
+				rep = "&#9;";
 				break;
-			default:
-				if (ch < 0x20)
-					rep = XML_REPLACEMENT;
+			default: /* other C0 controls are not XML characters */
+				rep = XML_REPLACEMENT;
 				break;
 			}
 		}
@@ -391,7 +418,7 @@ static void put_attr(struct buf *out, const char *prefix, const char *name, cons
  * an attribute can only come from a module's bug; it is dropped. */
 static bool attr_writable(const struct xml_attr *at)
 {
-	if (!ncname_ok(at->name) || strcmp(at->ns, XML_NS_XMLNS) == 0)
+	if (!ncname_ok(at->name) || (at->ns[0] && strcmp(at->ns, XML_NS_XMLNS) == 0))
 		return false;
 	return at->ns[0] != '\0' || strcmp(at->name, "xmlns") != 0;
 }
@@ -431,12 +458,12 @@ static void serialize_el(const struct xml_el *e, const char *parent_ns, struct b
 	/* An element that cannot be written (a name that is not an NCName, or
 	 * a namespace that Namespaces in XML §3 forbids as a default) is
 	 * dropped with its subtree: it can only come from a module's bug. */
-	if (!ncname_ok(e->name) || strcmp(e->ns, XML_NS_XML) == 0 ||
-	    strcmp(e->ns, XML_NS_XMLNS) == 0)
+	if (!ncname_ok(e->name) || (e->ns != parent_ns && (strcmp(e->ns, XML_NS_XML) == 0 ||
+							   strcmp(e->ns, XML_NS_XMLNS) == 0)))
 		return;
 	buf_addc(out, '<');
 	buf_adds(out, e->name);
-	if (strcmp(e->ns, parent_ns) != 0)
+	if (e->ns != parent_ns && strcmp(e->ns, parent_ns) != 0)
 		put_attr(out, NULL, "xmlns", e->ns);
 	/* Namespaces in XML §3: a qualified attribute needs a prefix; the
 	 * default namespace does not apply to attributes. Each element declares
