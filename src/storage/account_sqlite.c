@@ -403,7 +403,12 @@ void store_last_get(struct store *s, void *origin, const char *host, const char 
 	struct acct_req *r = req_new(host, user, NULL, NULL, 0);
 	r->last_cb = cb;
 	r->ud = ud;
-	submit(s, origin, r, false, last_get_run, last_done);
+	r->job.origin = origin;
+	r->job.write = false;
+	r->job.run = last_get_run;
+	r->job.done = last_done;
+	/* It must see the lazy writes of store_last_set(). */
+	store_job_submit_after_lazy(s, &r->job);
 }
 
 /* The longest prefix of s within max bytes that does not split a UTF-8
@@ -426,5 +431,11 @@ void store_last_set(struct store *s, void *origin, const char *host, const char 
 	r->when = when;
 	r->done_cb = cb;
 	r->ud = ud;
-	submit(s, origin, r, true, last_set_run, write_done);
+	r->job.origin = origin;
+	r->job.write = true;
+	r->job.run = last_set_run;
+	r->job.done = write_done;
+	/* Every logout writes this: lazily, so that under load logouts share
+	 * transactions instead of costing an fsync each. */
+	store_job_submit_lazy(s, &r->job);
 }

@@ -54,7 +54,8 @@ void store_last_get(struct store *s, void *origin, const char *host, const char 
 		    store_last_cb *cb, void *ud);
 /* status NULL keeps the stored text (a logout without an unavailable
  * presence of its own); it is cut to ACCOUNT_STATUS_MAX bytes. cb may be
- * NULL. */
+ * NULL. The write is lazy (store_job_submit_lazy()): it may wait a few
+ * milliseconds to share a transaction; store_last_get() sees it anyway. */
 void store_last_set(struct store *s, void *origin, const char *host, const char *user,
 		    long long when, const char *status, store_done_cb *cb, void *ud);
 

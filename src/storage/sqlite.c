@@ -20,6 +20,10 @@
  * latency of the first write of a burst and how long parleyctl may have to
  * wait for the write lock. */
 #define STORE_BATCH_MAX 256
+/* Lazy writes (store_job.lazy) wait at most this long for a transaction
+ * to join, and at most this many wait. */
+#define STORE_LAZY_MS  10
+#define STORE_LAZY_MAX 1024
 /* parleyctl may write while parleyd runs; SQLite then retries for this long
  * before a request fails with STORE_ERROR. */
 #define STORE_BUSY_MS	5000
@@ -95,6 +99,11 @@ struct store {
 	struct store_job *head;	 /* queue, FIFO */
 	struct store_job **tailp;
 	bool closing;
+
+	/* Lazy writes not yet run, in submission order; storage thread only. */
+	struct store_job *lazy, *lazy_last;
+	int n_lazy;
+	struct timespec lazy_due; /* CLOCK_REALTIME, for the condition wait */
 
 	struct store_stats stats; /* updated atomically by the storage thread */
 };
@@ -298,35 +307,83 @@ static void run_batch(struct store *s, struct store_job *batch)
 	stat_add(&s->stats.commits, 1);
 }
 
+/* Runs a batch of writes and hands them back. */
+static void commit_batch(struct store *s, struct store_job *j)
+{
+	run_batch(s, j);
+	/* Completions only now: each write is durable before anyone hears it
+	 * succeeded. */
+	while (j) {
+		struct store_job *next = j->next;
+		if (j->committed && j->rc == STORE_OK)
+			j->committed(j);
+		job_finish(s, j);
+		j = next;
+	}
+}
+
+/* Runs the waiting lazy writes, followed in the same transaction by the
+ * batch `then` (may be NULL). */
+static void run_lazy(struct store *s, struct store_job *then)
+{
+	struct store_job *j = then;
+	if (s->lazy) {
+		s->lazy_last->next = then;
+		j = s->lazy;
+		s->lazy = s->lazy_last = NULL;
+		s->n_lazy = 0;
+	}
+	if (j)
+		commit_batch(s, j);
+}
+
 static void run_list(struct store *s, struct store_job *list)
 {
 	while (list) {
 		struct store_job *j = list;
+		if (j->lazy) {
+			/* Held for the next transaction: at most STORE_LAZY_MS
+			 * later, before any later write, so writes keep their
+			 * order; reads may see it late (the lazy contract). */
+			list = j->next;
+			j->next = NULL;
+			if (!s->lazy) {
+				clock_gettime(CLOCK_REALTIME, &s->lazy_due);
+				s->lazy_due.tv_sec += STORE_LAZY_MS / 1000;
+				s->lazy_due.tv_nsec += (STORE_LAZY_MS % 1000) * 1000000L;
+				if (s->lazy_due.tv_nsec >= 1000000000L) {
+					s->lazy_due.tv_sec++;
+					s->lazy_due.tv_nsec -= 1000000000L;
+				}
+			}
+			if (s->lazy_last)
+				s->lazy_last->next = j;
+			else
+				s->lazy = j;
+			s->lazy_last = j;
+			if (++s->n_lazy >= STORE_LAZY_MAX)
+				run_lazy(s, NULL);
+			continue;
+		}
 		if (!j->write) {
 			list = j->next;
 			j->next = NULL;
+			if (j->after_lazy)
+				run_lazy(s, NULL);
 			run_read(s, j);
 			job_finish(s, j);
 			continue;
 		}
 		struct store_job *last = j;
 		int n = 1;
-		while (last->next && last->next->write && n < STORE_BATCH_MAX) {
+		while (last->next && last->next->write && !last->next->lazy &&
+		       n < STORE_BATCH_MAX) {
 			last = last->next;
 			n++;
 		}
 		list = last->next;
 		last->next = NULL;
-		run_batch(s, j);
-		/* Completions only now: each write is durable before anyone
-		 * hears it succeeded. */
-		while (j) {
-			struct store_job *next = j->next;
-			if (j->committed && j->rc == STORE_OK)
-				j->committed(j);
-			job_finish(s, j);
-			j = next;
-		}
+		run_lazy(s, j);
 	}
 }
 
@@ -335,24 +392,36 @@ static void *store_thread(void *arg)
 	struct store *s = arg;
 	for (;;) {
 		pthread_mutex_lock(&s->mu);
-		while (!s->head && !s->closing)
-			pthread_cond_wait(&s->wake, &s->mu);
+		bool due = false;
+		while (!s->head && !s->closing && !due) {
+			if (s->lazy)
+				due = pthread_cond_timedwait(&s->wake, &s->mu, &s->lazy_due) ==
+				      ETIMEDOUT;
+			else
+				pthread_cond_wait(&s->wake, &s->mu);
+		}
 		struct store_job *list = s->head;
 		s->head = NULL;
 		s->tailp = &s->head;
 		pthread_mutex_unlock(&s->mu);
-		if (!list)
+		if (list) {
+			run_list(s, list);
+			continue;
+		}
+		run_lazy(s, NULL); /* due, or closing */
+		if (!due)
 			break; /* closing and drained */
-		run_list(s, list);
 	}
 	return NULL;
 }
 
-static void store_enqueue(struct store *s, struct store_job *job)
+static void store_enqueue(struct store *s, struct store_job *job, bool lazy, bool after_lazy)
 {
 	job->next = NULL;
 	job->rc = STORE_OK;
 	job->finished = false;
+	job->lazy = lazy;
+	job->after_lazy = after_lazy;
 	pthread_mutex_lock(&s->mu);
 	ASSERT(!s->closing);
 	*s->tailp = job;
@@ -361,12 +430,29 @@ static void store_enqueue(struct store *s, struct store_job *job)
 	pthread_mutex_unlock(&s->mu);
 }
 
-void store_job_submit(struct store *s, struct store_job *job)
+static void submit_async(struct store *s, struct store_job *job, bool lazy, bool after_lazy)
 {
 	ASSERT(s->post);
 	ASSERT(job->run && job->done);
 	job->sync = false;
-	store_enqueue(s, job);
+	store_enqueue(s, job, lazy, after_lazy);
+}
+
+void store_job_submit(struct store *s, struct store_job *job)
+{
+	submit_async(s, job, false, false);
+}
+
+void store_job_submit_lazy(struct store *s, struct store_job *job)
+{
+	ASSERT(job->write);
+	submit_async(s, job, true, false);
+}
+
+void store_job_submit_after_lazy(struct store *s, struct store_job *job)
+{
+	ASSERT(!job->write);
+	submit_async(s, job, false, true);
 }
 
 static int barrier_run(struct store_job *job, struct store_db *db)
@@ -390,7 +476,7 @@ int store_job_sync(struct store *s, struct store_job *job)
 	ASSERT(!pthread_equal(pthread_self(), s->thread));
 	ASSERT(job->run);
 	job->sync = true;
-	store_enqueue(s, job);
+	store_enqueue(s, job, false, false);
 	pthread_mutex_lock(&s->mu);
 	while (!job->finished)
 		pthread_cond_wait(&s->finished, &s->mu);

@@ -15,9 +15,10 @@
  *
  *	struct roster_req { struct store_job job; ...arguments and results... };
  *
- * Jobs run in submission order. Consecutive write jobs share one
- * transaction (group commit), each in its own savepoint, so a write job
- * applies whole or not at all whatever its neighbours do. A read job runs
+ * Jobs run in submission order (lazy writes aside, see below). Consecutive
+ * write jobs share one transaction (group commit), each in its own
+ * savepoint, so a write job applies whole or not at all whatever its
+ * neighbours do. A read job runs
  * in its own read transaction, so all its queries see one snapshot. */
 #ifndef PARLEY_SQLITE_JOB_H
 #define PARLEY_SQLITE_JOB_H
@@ -56,11 +57,21 @@ struct store_job {
 	int rc;
 	bool sync;
 	bool finished;
+	bool lazy;	 /* store_job_submit_lazy() */
+	bool after_lazy; /* store_job_submit_after_lazy() */
 };
 
 /* Queues a job; done will be posted to job->origin. The store must have
  * been opened with a post function. */
 void store_job_submit(struct store *s, struct store_job *job);
+/* Queues a write that may wait a few milliseconds (STORE_LAZY_MS) to
+ * share the next transaction, for data nobody waits on (last activity):
+ * under load that saves an fsync per write. It still runs before every write queued
+ * after it, but a read queued after it may not see it, unless the read is
+ * queued with store_job_submit_after_lazy(). */
+void store_job_submit_lazy(struct store *s, struct store_job *job);
+/* Queues a read that sees every write queued before it, lazy ones too. */
+void store_job_submit_after_lazy(struct store *s, struct store_job *job);
 /* Runs a job through the queue and waits for it; returns its rc. */
 int store_job_sync(struct store *s, struct store_job *job);
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "storage/store.h"
+#include "storage/account_store.h"
 #include "storage/sqlite_job.h"
 
 /* ---- fixture: a fresh directory per test ---- */
@@ -540,6 +541,93 @@ static void test_close_drains(void **state)
 	store_close(s);
 }
 
+struct last_seen {
+	int done, rc;
+	long long when;
+	char status[32];
+};
+
+static void on_last(void *ud, int rc, long long when, const char *status)
+{
+	struct last_seen *l = ud;
+	l->done++;
+	l->rc = rc;
+	l->when = when;
+	snprintf(l->status, sizeof(l->status), "%s", status ? status : "");
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Last activity is written lazily: it waits a few milliseconds for a
+ * transaction to share, yet a last-activity read sees it at once, and a
+ * later write (the account's deletion) never overtakes it. */
+static void test_lazy_writes(void **state)
+{
+	struct fx *f = *state;
+	inbox_reset();
+	struct store *s = store_open(f->path, test_post);
+	assert_non_null(s);
+	struct scram_creds c;
+	make_creds(&c, 1);
+	assert_int_equal(store_user_create_sync(s, "a.example", "juliet", &c), STORE_OK);
+	struct write_tally t = {0};
+	struct last_seen l = {0};
+
+	/* Read right after the write: it sees it. */
+	store_last_set(s, &inbox_origin, "a.example", "juliet", 100, "away", on_write, &t);
+	store_last_get(s, &inbox_origin, "a.example", "juliet", on_last, &l);
+	pump_until(&l.done, 1);
+	assert_int_equal(l.rc, STORE_OK);
+	assert_int_equal(l.when, 100);
+	assert_string_equal(l.status, "away");
+	pump_until(&t.done, 1);
+	assert_int_equal(t.ok, 1);
+
+	/* Alone, it is committed soon. */
+	double t0 = now_s();
+	store_last_set(s, &inbox_origin, "a.example", "juliet", 200, NULL, on_write, &t);
+	pump_until(&t.done, 2);
+	assert_int_equal(t.ok, 2);
+	assert_true(now_s() - t0 < 5);
+
+	/* Many of them share transactions. */
+	struct store_stats st0, st1;
+	store_stats(s, &st0);
+	for (int i = 0; i < 200; i++)
+		store_last_set(s, &inbox_origin, "a.example", "juliet", 300 + i, "x", on_write, &t);
+	pump_until(&t.done, 202);
+	assert_int_equal(t.ok, 202);
+	store_stats(s, &st1);
+	assert_true(st1.commits - st0.commits <= 100); /* 200 without sharing */
+
+	/* A later write runs after it: the deletion leaves no row behind. */
+	store_last_set(s, &inbox_origin, "a.example", "juliet", 600, "gone", on_write, &t);
+	store_user_delete(s, &inbox_origin, "a.example", "juliet", on_write, &t);
+	pump_until(&t.done, 204);
+	assert_int_equal(t.ok, 204);
+	store_last_get(s, &inbox_origin, "a.example", "juliet", on_last, &l);
+	pump_until(&l.done, 2);
+	assert_int_equal(l.rc, STORE_NOT_FOUND);
+
+	/* Closing writes what waits. */
+	assert_int_equal(store_user_create_sync(s, "a.example", "romeo", &c), STORE_OK);
+	store_last_set(s, &inbox_origin, "a.example", "romeo", 700, "bye", on_write, &t);
+	store_close(s);
+	pump_until(&t.done, 205);
+	assert_int_equal(t.ok, 205);
+	s = store_open(f->path, test_post);
+	store_last_get(s, &inbox_origin, "a.example", "romeo", on_last, &l);
+	pump_until(&l.done, 3);
+	assert_int_equal(l.rc, STORE_OK);
+	assert_int_equal(l.when, 700);
+	store_close(s);
+}
+
 static void test_async_write_kinds(void **state)
 {
 	struct fx *f = *state;
@@ -783,6 +871,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_many_async_writes, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_async_write_kinds, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_close_drains, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_lazy_writes, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_reopen, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_meta, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_newer_schema_refused, fx_setup, fx_teardown),
