@@ -396,6 +396,7 @@ static void client_close(struct client *c)
 	xmlstream_free(c->xs);
 	buf_free(&c->out);
 	free(c->first_bare);
+	free(c->msg_head);
 	*c = (struct client){
 	    .slot = c->slot, .fd = -1, .st = C_FREE, .user = c->user, .partner = c->partner};
 }
@@ -1063,8 +1064,9 @@ static void chat_send(struct client *c)
 		char to[160];
 		user_name(p->user, to, sizeof(to));
 		struct buf h = BUF_INIT;
-		buf_printf(&h, "<message to='%s@%s/%s' type='chat'><body>s%d t%c", to, o.domain,
-			   p->resource, c->slot, '\0');
+		buf_printf(&h, "<message to='%s@%s/%s' type='chat'><body>s%d t", to, o.domain,
+			   p->resource, c->slot);
+		buf_addc(&h, '\0');
 		c->msg_head = h.data;
 	}
 	buf_adds(&c->out, c->msg_head);
@@ -1536,7 +1538,7 @@ int main(int argc, char **argv)
 	B.n = slots;
 	B.c = calloc((size_t)slots, sizeof(*B.c));
 	B.dirty = calloc((size_t)slots, sizeof(*B.dirty));
-	if (!B.c)
+	if (!B.c || !B.dirty)
 		abort();
 	for (int i = 0; i < slots; i++) {
 		/* More sessions than users: each user gets several resources. */

@@ -365,10 +365,8 @@ static void session_timer(struct timer *t)
 	bool park_failed = false;
 	if (now - s->last_read >= PARK_MS && !xmlstream_parked(s->xs)) {
 		park_failed = !xmlstream_park(s->xs);
-		if (!park_failed) {
+		if (!park_failed)
 			LOGS(LOG_DEBUG, s->id, "idle: XML parser parked");
-			worker_note_parked(s->w);
-		}
 	}
 	/* Reads do not touch the heap; re-arm for what is left. */
 	arm_idle(s, park_failed);

@@ -75,8 +75,6 @@ struct worker {
 	uint32_t gen;
 	struct worker_conf conf; /* this worker's copy; replaced on reload */
 	struct timer shutdown_timer;
-	struct timer trim_timer; /* worker_note_parked() */
-	unsigned parked;	 /* parsers parked since the last trim */
 	struct io *listeners;
 	size_t n_listeners;
 	bool shutting_down;
@@ -183,9 +181,6 @@ void s2s_worker_done(struct worker *w);	     /* free everything */
 void c2s_kick_unbound(const char *host, const char *user, const char *cond, const char *text);
 struct session *worker_session(struct worker *w, uint64_t id); /* NULL if gone */
 void worker_shutdown(struct worker *w);
-/* A session's parser was parked: the heap gets holes that glibc keeps, so
- * once many have been, whole free pages go back to the system. */
-void worker_note_parked(struct worker *w);
 /* Delivers a stanza to a session of this worker (consumes it). */
 void session_send(struct session *s, struct stanza *st);
 /* Closes with a stream error (RFC 6120 §4.9); cond NULL: plain close. */

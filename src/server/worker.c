@@ -13,7 +13,6 @@
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <signal.h>
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -216,29 +215,6 @@ void worker_shutdown(struct worker *w)
 	loop_timer_set(w->loop, &w->shutdown_timer, SHUTDOWN_GRACE_MS);
 }
 
-/* Parked parsers are freed in their thousands when many sessions go idle
- * together (after a reconnect storm, say); glibc keeps the freed pages in
- * the heap, so RSS would not show the saving. A second after parking
- * starts, if enough were parked, malloc_trim() gives whole free pages back
- * (it also releases memory from inside the heap, not only its top). */
-#define TRIM_DELAY_MS	1000
-#define TRIM_MIN_PARKED 64 /* about 768 KiB of parsers */
-
-static void trim_fire(struct timer *t)
-{
-	struct worker *w = t->ud;
-	if (w->parked >= TRIM_MIN_PARKED)
-		malloc_trim(0);
-	w->parked = 0;
-}
-
-void worker_note_parked(struct worker *w)
-{
-	w->parked++;
-	if (!timer_armed(&w->trim_timer))
-		loop_timer_set(w->loop, &w->trim_timer, TRIM_DELAY_MS);
-}
-
 static void post_shutdown(void *arg)
 {
 	worker_shutdown(arg);
@@ -271,7 +247,6 @@ static void *worker_main(void *arg)
 	struct worker *w = arg;
 	cur_worker = w;
 	conn_loop_init(w->loop);
-	timer_init(&w->trim_timer, trim_fire, w);
 	loop_on_before_sleep(w->loop, shutdown_check, w);
 	s2s_worker_start(w);
 	struct listener *ls = (struct listener *)w->listeners;

@@ -246,15 +246,23 @@ static void write_done(struct store_job *job, int rc)
 	req_free(r);
 }
 
-static void submit(struct store *s, void *origin, struct acct_req *r, bool write,
-		   int (*run)(struct store_job *, struct store_db *),
-		   void (*done)(struct store_job *, int))
+/* Fills in the job; the caller queues it (store_job_submit() or a variant). */
+static struct store_job *job_of(struct acct_req *r, void *origin, bool write,
+				int (*run)(struct store_job *, struct store_db *),
+				void (*done)(struct store_job *, int))
 {
 	r->job.origin = origin;
 	r->job.write = write;
 	r->job.run = run;
 	r->job.done = done;
-	store_job_submit(s, &r->job);
+	return &r->job;
+}
+
+static void submit(struct store *s, void *origin, struct acct_req *r, bool write,
+		   int (*run)(struct store_job *, struct store_db *),
+		   void (*done)(struct store_job *, int))
+{
+	store_job_submit(s, job_of(r, origin, write, run, done));
 }
 
 /* ---- vCards ---- */
@@ -403,12 +411,8 @@ void store_last_get(struct store *s, void *origin, const char *host, const char 
 	struct acct_req *r = req_new(host, user, NULL, NULL, 0);
 	r->last_cb = cb;
 	r->ud = ud;
-	r->job.origin = origin;
-	r->job.write = false;
-	r->job.run = last_get_run;
-	r->job.done = last_done;
 	/* It must see the lazy writes of store_last_set(). */
-	store_job_submit_after_lazy(s, &r->job);
+	store_job_submit_after_lazy(s, job_of(r, origin, false, last_get_run, last_done));
 }
 
 /* The longest prefix of s within max bytes that does not split a UTF-8
@@ -431,11 +435,7 @@ void store_last_set(struct store *s, void *origin, const char *host, const char 
 	r->when = when;
 	r->done_cb = cb;
 	r->ud = ud;
-	r->job.origin = origin;
-	r->job.write = true;
-	r->job.run = last_set_run;
-	r->job.done = write_done;
 	/* Every logout writes this: lazily, so that under load logouts share
 	 * transactions instead of costing an fsync each. */
-	store_job_submit_lazy(s, &r->job);
+	store_job_submit_lazy(s, job_of(r, origin, true, last_set_run, write_done));
 }

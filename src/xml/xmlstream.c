@@ -503,16 +503,8 @@ static void XMLCALL on_ns_decl(void *ud, const XML_Char *prefix, const XML_Char 
 		buf_adds(&xs->root_decls, prefix);
 	}
 	buf_adds(&xs->root_decls, "='");
-	for (const char *c = uri ? uri : ""; *c; c++) {
-		if (*c == '\'')
-			buf_adds(&xs->root_decls, "&apos;");
-		else if (*c == '&')
-			buf_adds(&xs->root_decls, "&amp;");
-		else if (*c == '<')
-			buf_adds(&xs->root_decls, "&lt;");
-		else
-			buf_add(&xs->root_decls, c, 1);
-	}
+	if (uri)
+		xml_escape(&xs->root_decls, uri, strlen(uri), true);
 	buf_adds(&xs->root_decls, "'");
 	/* The root can be named, when replayed, with any prefix bound to the
 	 * streams namespace; with none, it was in the default namespace. */
@@ -523,6 +515,7 @@ static void XMLCALL on_ns_decl(void *ud, const XML_Char *prefix, const XML_Char 
 	}
 }
 
+/* RFC 6120 §11.1: restricted XML. */
 static void XMLCALL on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
 			       const XML_Char *pubid, int has_internal_subset)
 {

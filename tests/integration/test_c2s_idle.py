@@ -96,10 +96,7 @@ def test_slixmpp_after_idle(server):
         for i in range(2):
             # Both sent something last round (or logged in): both park.
             parked = 0 if i == 0 else server.log().count("idle: XML parser parked")
-            end = time.time() + PARK_WAIT
-            while server.log().count("idle: XML parser parked") < parked + 2 and time.time() < end:
-                await asyncio.sleep(0.2)
-            assert server.log().count("idle: XML parser parked") >= parked + 2
+            await asyncio.to_thread(wait_parked, server, parked + 2)
             a.send_message(mto=f"bob@{DOMAIN}", mbody=f"hello {i}", mtype="chat")
             assert await asyncio.wait_for(got.get(), 5) == f"hello {i}"
             await a["xep_0199"].ping(DOMAIN, timeout=5)
